@@ -1,0 +1,88 @@
+"""Command line: `python -m gstratum run|client`.
+
+gevent's monkey patching and psycogreen run before anything else is imported, so every socket, DNS lookup and
+PostgreSQL query in the server cooperates with the hub.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+from psycogreen.gevent import patch_psycopg  # noqa: E402
+
+patch_psycopg()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+
+from . import config as config_module  # noqa: E402
+
+log = logging.getLogger("gstratum")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_module.from_sources(args)
+    except config_module.ConfigError as exc:
+        print(f"gstratum: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg.log_level)
+    from .app import Pool
+    from .tuning import tune_process
+
+    tune_process()
+    pool = Pool(cfg)
+    stopped = gevent.event.Event()
+
+    def request_stop(signum):
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stopped.set()
+
+    gevent.signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
+    gevent.signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
+    try:
+        pool.start()
+    except Exception:
+        log.exception("start-up failed")
+        pool.stop()
+        return 1
+    import gc
+
+    gc.collect()
+    gc.freeze()  # start-up objects leave the collector's view: no long pauses scanning them later
+    stopped.wait()
+    pool.stop()
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from .client_cli import run
+
+    return run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gstratum", description="Stratum V1 mining pool server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pool server")
+    config_module.add_server_flags(run)
+    run.set_defaults(func=cmd_run)
+    client = sub.add_parser("client", help="connect, subscribe, authorize, validate; optionally mine")
+    from .client_cli import add_flags
+
+    add_flags(client)
+    client.set_defaults(func=cmd_client)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

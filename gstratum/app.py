@@ -1,0 +1,120 @@
+"""Wiring: build the pool's parts from a Config, start them in order, stop them in reverse order."""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+
+from . import bitcoin
+from .allocator import SequenceAllocator
+from .config import Config
+from .db import Database
+from .embedded_pg import EmbeddedPostgres
+from .greenlets import spawn_logged
+from .jobs import JobBook, JobSource, RandomJobSource
+from .records import Recorder, make_server_id
+from .server import StratumServer
+from .session import Services
+from .stats import PoolStats
+from .vardiff import VardiffPolicy
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+class JobLoop:
+    """Every `interval` seconds: build a job, record it, broadcast it. Every `clean_every`-th job is a new block."""
+
+    def __init__(self, source: JobSource, book: JobBook, server: StratumServer, recorder: Recorder,
+                 interval: float, clean_every: int = 4) -> None:
+        self.source = source
+        self.book = book
+        self.server = server
+        self.recorder = recorder
+        self.interval = interval
+        self.clean_every = clean_every
+        self.count = 0
+        self._greenlet = None
+
+    def new_job(self) -> None:
+        job = self.source.next_job(clean_jobs=self.count % self.clean_every == 0)
+        self.count += 1
+        self.book.add(job)
+        self.recorder.job(job)
+        self.server.broadcast(job)
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(self.interval)
+            self.new_job()
+
+    def start(self) -> None:
+        self.new_job()
+        self._greenlet = spawn_logged(self._run, name="job-loop")
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill()
+
+
+class Pool:
+    """The whole server process: database, writer, allocator, job loop and Stratum listener."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.embedded: EmbeddedPostgres | None = None
+        self.db: Database | None = None
+        self.writer: Writer | None = None
+        self.allocator: SequenceAllocator | None = None
+        self.server: StratumServer | None = None
+        self.job_loop: JobLoop | None = None
+        self.stats = PoolStats()
+
+    def database_url(self) -> str:
+        if self.config.database_url:
+            return self.config.database_url
+        self.embedded = EmbeddedPostgres(self.config.pgdata).start()
+        return self.embedded.url
+
+    def start(self) -> None:
+        cfg = self.config
+        self.db = Database(self.database_url(), size=4)
+        self.db.apply_schema()
+        self.writer = Writer(self.db, batch=cfg.writer_batch, interval=cfg.writer_interval,
+                             max_queue=cfg.writer_queue)
+        self.writer.start(spawn=lambda f: spawn_logged(f, name="writer"))
+        recorder = Recorder(self.writer.put, make_server_id())
+        self.allocator = SequenceAllocator(self.db, block=cfg.extranonce_block, wait=cfg.subscribe_wait)
+        self.allocator.fill_now()
+        self.allocator.start(spawn=lambda f: spawn_logged(f, name="extranonce-refill"))
+        book = JobBook()
+        services = Services(
+            allocator=self.allocator, jobs=book, recorder=recorder, stats=self.stats, difficulty=cfg.difficulty,
+            extranonce2_size=cfg.extranonce2_size,
+            vardiff=VardiffPolicy(enabled=False, min_difficulty=cfg.min_difficulty, max_difficulty=cfg.max_difficulty),
+            network_target=lambda job: bitcoin.target_from_nbits(int(job.nbits, 16)),
+            on_block=recorder.block,
+        )
+        self.server = StratumServer(cfg, services, recorder)
+        source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size)
+        self.job_loop = JobLoop(source, book, self.server, recorder, cfg.notify_interval)
+        self.job_loop.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        """Graceful: stop accepting and close miners, stop making jobs, flush every pending row, release the DB."""
+        started = time.monotonic()
+        if self.server is not None:
+            self.server.stop()
+        if self.job_loop is not None:
+            self.job_loop.stop()
+        if self.allocator is not None:
+            self.allocator.stop()
+        flushed = self.writer.stop() if self.writer is not None else True
+        if self.db is not None:
+            self.db.close()
+        if self.embedded is not None and self.embedded.started_here:
+            self.embedded.stop()
+        log.info("stopped in %.2fs (%s)", time.monotonic() - started,
+                 "all rows written" if flushed else "ROWS NOT WRITTEN, see above")

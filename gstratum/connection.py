@@ -1,0 +1,168 @@
+"""The gevent glue for one miner's socket: recv -> framer -> session -> send, plus a bounded outbox.
+
+Sending never blocks the caller: a non-blocking `send` is tried first (the kernel takes a whole Stratum line at once
+for nearly every miner); only bytes the kernel refused wait in the outbox for a writer greenlet, which gives up after
+`send_timeout` seconds or `max_pending` bytes and drops the miner as slow. Because the fast path never yields, the
+job broadcaster and the connection's own replies cannot interleave inside a line, and no lock is needed.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+
+import gevent
+
+from . import rpc
+from .framing import LINE_TOO_LONG, LineFramer
+from .greenlets import spawn_logged
+from .rpc import OTHER, StratumError
+
+log = logging.getLogger(__name__)
+
+RECV_SIZE = 65536
+
+
+class Outbox:
+    __slots__ = ("sock", "pending", "pending_bytes", "max_pending", "send_timeout", "group", "flusher", "closed",
+                 "on_fail")
+
+    def __init__(self, sock, max_pending: int, send_timeout: float, group, on_fail) -> None:
+        self.sock = sock
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self.max_pending = max_pending
+        self.send_timeout = send_timeout
+        self.group = group
+        self.flusher = None
+        self.closed = False
+        self.on_fail = on_fail
+
+    def send(self, data: bytes) -> None:
+        """Queue `data` for the miner without ever blocking the calling greenlet."""
+        if self.closed or not data:
+            return
+        if self.pending:
+            self._queue(data)
+            return
+        try:
+            sent = self.sock.send(data, 0, 0.0)  # gevent: timeout 0.0 means fail with EAGAIN instead of waiting
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.on_fail(f"send failed: {exc.strerror or exc}")
+            return
+        if sent < len(data):
+            self._queue(data[sent:])
+
+    def _queue(self, data: bytes) -> None:
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > self.max_pending:
+            self.on_fail(f"slow reader: {self.pending_bytes} bytes pending")
+            return
+        if self.flusher is None:
+            self.flusher = spawn_logged(self._flush, group=self.group, name="outbox-flush")
+
+    def _flush(self) -> None:
+        try:
+            while self.pending and not self.closed:
+                chunk = b"".join(self.pending)
+                self.pending.clear()
+                self.pending_bytes = 0
+                with gevent.Timeout(self.send_timeout):
+                    self.sock.sendall(chunk)
+        except gevent.Timeout:
+            self.on_fail(f"slow reader: no progress sending for {self.send_timeout:.0f}s")
+        except OSError as exc:
+            self.on_fail(f"send failed: {exc.strerror or exc}")
+        finally:
+            self.flusher = None
+
+    def close(self) -> None:
+        self.closed = True
+        self.pending.clear()
+        self.pending_bytes = 0
+
+
+class Connection:
+    """One miner's TCP connection, run by its own greenlet (`serve`)."""
+
+    __slots__ = ("id", "sock", "address", "session", "outbox", "framer", "close_reason", "server", "__weakref__")
+
+    def __init__(self, server, sock, address, connection_id: str, session) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.id = connection_id
+        self.session = session
+        cfg = server.config
+        self.framer = LineFramer(cfg.max_line)
+        self.outbox = Outbox(sock, cfg.max_pending_output, cfg.send_timeout, server.writers, self.abort)
+        self.close_reason: str | None = None
+
+    def serve(self) -> None:
+        """Read until the miner leaves, the line cap is broken, or the server closes us."""
+        sock = self.sock
+        try:
+            while self.close_reason is None:
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except OSError as exc:
+                    self.close_reason = self.close_reason or f"recv failed: {exc.strerror or exc}"
+                    break
+                if not data:
+                    self.close_reason = self.close_reason or "closed by miner"
+                    break
+                self._handle(data)
+        finally:
+            self.server.forget(self)
+            self._close_socket()
+
+    def _handle(self, data: bytes) -> None:
+        out: list[bytes] = []
+        was_subscribed = self.session.subscribed
+        for item in self.framer.feed(data):
+            if item is LINE_TOO_LONG:
+                out.append(rpc.encode_error(None, StratumError(OTHER, "Line too long")))
+                self.outbox.send(b"".join(out))
+                self.close_reason = "line too long"
+                self._drain()
+                return
+            out.extend(self.session.receive_line(item))
+        if not was_subscribed and self.session.subscribed:
+            self.server.now_subscribed(self)
+        if out:
+            self.outbox.send(out[0] if len(out) == 1 else b"".join(out))
+
+    def _drain(self, seconds: float = 1.0, limit: int = 1 << 20) -> None:
+        """Half-close and discard what the miner still sends, so our last error reply is not lost to a TCP reset
+        (closing a socket with unread input makes the kernel send RST)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(seconds, False):
+                while limit > 0:
+                    data = self.sock.recv(RECV_SIZE)
+                    if not data:
+                        break
+                    limit -= len(data)
+        except OSError:
+            pass
+
+    def abort(self, reason: str) -> None:
+        """Drop this miner (slow, flooding, server stopping): the serve loop ends and records the reason."""
+        if self.close_reason is None:
+            self.close_reason = reason
+            log.info("closing %s %s:%s: %s", self.id, self.address[0], self.address[1], reason)
+        self.outbox.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _close_socket(self) -> None:
+        self.outbox.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass

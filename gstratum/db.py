@@ -1,0 +1,86 @@
+"""PostgreSQL access: a small green connection pool and the idempotent schema.
+
+psycopg2 is made cooperative by psycogreen (patched in __main__), so a query parks only its own greenlet.
+A connection that raised a connection-level error is closed and replaced, never handed out again.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import gevent.lock
+import psycopg2
+import psycopg2.extensions
+
+log = logging.getLogger(__name__)
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "etc" / "postgres"
+SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting together apply the schema one at a time
+
+# Errors after which a connection may be broken: drop it rather than return it to the pool.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class Database:
+    """Hands out connections (autocommit off) from a bounded pool; reconnects lazily."""
+
+    def __init__(self, url: str, size: int = 4, connect_timeout: float = 5.0, application_name: str = "gstratum"):
+        self.url = url
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.application_name = application_name
+        self._idle: list[psycopg2.extensions.connection] = []
+        self._slots = gevent.lock.BoundedSemaphore(size)
+        self._closed = False
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        return psycopg2.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)),
+                                application_name=self.application_name)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+        """A connection for one unit of work; committed on success, rolled back (or discarded) on error."""
+        with self._slots:
+            conn = self._idle.pop() if self._idle else self._connect()
+            try:
+                yield conn
+                conn.commit()
+            except CONNECTION_ERRORS:
+                _close_quietly(conn)
+                raise
+            except BaseException:
+                try:
+                    conn.rollback()
+                except CONNECTION_ERRORS:
+                    _close_quietly(conn)
+                    raise
+                if not self._closed:
+                    self._idle.append(conn)
+                raise
+            if self._closed or conn.closed:
+                _close_quietly(conn)
+            else:
+                self._idle.append(conn)
+
+    def apply_schema(self, schema_dir: Path = SCHEMA_DIR) -> None:
+        """Run every etc/postgres/*.sql in name order; they are idempotent (IF NOT EXISTS)."""
+        files = sorted(schema_dir.glob("*.sql"))
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+            for path in files:
+                cur.execute(path.read_text())
+        log.info("schema applied (%s)", ", ".join(p.name for p in files))
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            _close_quietly(self._idle.pop())
+
+
+def _close_quietly(conn) -> None:
+    try:
+        conn.close()
+    except psycopg2.Error:
+        log.debug("error while closing a broken connection", exc_info=True)

@@ -1,0 +1,147 @@
+"""Jobs: what a miner works on, where they come from (a JobSource) and the book of jobs still live.
+
+A Job's mining.notify line is encoded once, when first needed, and shared by every miner it is sent to.
+"""
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import bitcoin, rpc
+
+POOL_TAG = b"/gstratum/"
+DEFAULT_NBITS = 0x207FFFFF  # regtest-like: nearly every hash is a block candidate on the network target
+# Where payouts go when the operator configures nothing: OP_TRUE (anyone-can-spend; fine for randomized jobs).
+DEFAULT_PAYOUT_SCRIPT = bytes([0x51])
+BLOCK_SUBSIDY = 312_500_000
+
+
+@dataclass(eq=False)
+class Job:
+    job_id: str
+    prevhash: str           # as sent: the Stratum word-swapped hex
+    coinb1: str
+    coinb2: str
+    merkle_branch: tuple[str, ...]
+    version: str            # 8 hex, big-endian
+    nbits: str              # 8 hex, big-endian
+    ntime: str              # 8 hex, big-endian
+    clean_jobs: bool
+    height: int
+    created_at: float = field(default_factory=time.time)
+    _lines: dict = field(default_factory=dict, repr=False)
+    _template: object = field(default=None, repr=False)
+
+    def notify_params(self, clean_jobs: bool | None = None) -> list:
+        clean = self.clean_jobs if clean_jobs is None else clean_jobs
+        return [self.job_id, self.prevhash, self.coinb1, self.coinb2, list(self.merkle_branch), self.version,
+                self.nbits, self.ntime, clean]
+
+    def notify_line(self, clean_jobs: bool | None = None) -> bytes:
+        """The encoded mining.notify, built once per job and flag value, shared by every miner."""
+        clean = self.clean_jobs if clean_jobs is None else clean_jobs
+        line = self._lines.get(clean)
+        if line is None:
+            line = self._lines[clean] = rpc.encode_notification("mining.notify", self.notify_params(clean))
+        return line
+
+    @property
+    def version_int(self) -> int:
+        return int(self.version, 16)
+
+    @property
+    def ntime_int(self) -> int:
+        return int(self.ntime, 16)
+
+    @property
+    def template(self):
+        """The share-hashing template (gstratum.shares.HeaderTemplate), decoded once per job."""
+        if self._template is None:
+            from .shares import HeaderTemplate
+
+            self._template = HeaderTemplate.from_stratum(self.prevhash, self.coinb1, self.coinb2,
+                                                         list(self.merkle_branch), self.version, self.nbits)
+        return self._template
+
+
+class JobSource(Protocol):
+    """Builds the next job. The randomized source is the default; a block-template source can replace it."""
+
+    def next_job(self, clean_jobs: bool) -> Job: ...
+
+
+class RandomJobSource:
+    """Randomized but well-formed jobs: a real serialized coinbase around the extranonce, a real merkle branch
+    over `fake_txs` random txids, version 0x20000000, ntime now, a random prevhash (new on clean jobs)."""
+
+    def __init__(self, extranonce_size: int = 12, nbits: int = DEFAULT_NBITS, fake_txs: int = 0,
+                 payout_script: bytes = DEFAULT_PAYOUT_SCRIPT, witness_commitment: bool = False,
+                 clock=time.time) -> None:
+        self.extranonce_size = extranonce_size
+        self.nbits = nbits
+        self.fake_txs = fake_txs
+        self.payout_script = payout_script
+        self.witness_commitment = witness_commitment
+        self.clock = clock
+        self._prefix = f"{secrets.randbits(32):08x}"  # job ids stay unique across processes and restarts
+        self._counter = itertools.count(1)
+        self._height = 800_000 + secrets.randbelow(100_000)
+        self._prevhash = secrets.token_bytes(32)
+
+    def next_job(self, clean_jobs: bool) -> Job:
+        if clean_jobs:
+            self._height += 1
+            self._prevhash = secrets.token_bytes(32)
+        commitment = secrets.token_bytes(32) if self.witness_commitment else None
+        coinb1, coinb2 = bitcoin.build_coinbase_parts(
+            self._height, POOL_TAG, self.extranonce_size, [(BLOCK_SUBSIDY, self.payout_script)], commitment)
+        txids = [secrets.token_bytes(32) for _ in range(self.fake_txs)]
+        branch = tuple(h.hex() for h in bitcoin.merkle_branch_for_coinbase(txids))
+        now = int(self.clock())
+        return Job(
+            job_id=f"{self._prefix}{next(self._counter):x}",
+            prevhash=bitcoin.header_prevhash_to_stratum(self._prevhash),
+            coinb1=coinb1.hex(),
+            coinb2=coinb2.hex(),
+            merkle_branch=branch,
+            version=f"{0x20000000:08x}",
+            nbits=f"{self.nbits:08x}",
+            ntime=f"{now:08x}",
+            clean_jobs=clean_jobs,
+            height=self._height,
+            created_at=self.clock(),
+        )
+
+
+class JobBook:
+    """The live jobs, newest last. A clean job makes all older jobs stale; otherwise the last `keep` stay valid."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+
+    @property
+    def current(self) -> Job | None:
+        if not self._jobs:
+            return None
+        return next(reversed(self._jobs.values()))
+
+    def add(self, job: Job) -> None:
+        if job.clean_jobs:
+            self._jobs.clear()
+        self._jobs[job.job_id] = job
+        while len(self._jobs) > self.keep:
+            self._jobs.popitem(last=False)
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)

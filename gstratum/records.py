@@ -1,0 +1,110 @@
+"""What the pool records, as rows: one table spec per event kind and a Recorder that builds the rows.
+
+The Recorder only builds tuples and hands them to a sink (the Writer's `put`, or a list in tests): it never blocks
+and never touches the database, so recording costs nothing on the reply path.
+Row ids are generated here, before the write, so a retried or replayed batch is idempotent (ON CONFLICT DO NOTHING).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[str, ...]
+    template: str  # one VALUES tuple for psycopg2.extras.execute_values
+
+    @property
+    def insert_sql(self) -> str:
+        return f"INSERT INTO {self.name} ({', '.join(self.columns)}) VALUES %s ON CONFLICT DO NOTHING"
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table("connections", ("id", "server_id", "remote_addr", "remote_port", "local_port", "opened_at"),
+              "(%s, %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("disconnections", ("connection_id", "closed_at", "reason", "requests"),
+              "(%s, to_timestamp(%s), %s, %s)"),
+        Table("subscriptions", ("id", "connection_id", "session_id", "difficulty_sub_id", "extranonce1",
+                                "extranonce2_size", "user_agent", "requested_session", "resumed", "subscribed_at"),
+              "(%s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("authorizations", ("id", "connection_id", "worker", "remote_addr", "authorized", "requested_at"),
+              "(%s, %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("jobs", ("job_id", "server_id", "height", "prevhash", "coinb1", "coinb2", "merkle_branch", "version",
+                       "nbits", "ntime", "clean_jobs", "created_at"),
+              "(%s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("shares", ("id", "connection_id", "worker", "job_id", "extranonce2", "ntime", "nonce", "version_bits",
+                         "difficulty", "achieved", "accepted", "error_code", "submitted_at"),
+              "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("blocks", ("id", "connection_id", "worker", "job_id", "height", "block_hash", "header", "found_at"),
+              "(%s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"),
+    )
+}
+
+Sink = Callable[[str, tuple], None]
+
+
+class RowIds:
+    """Unique row ids without a database round trip: 64 random bits per process, then a counter (as uuid hex)."""
+
+    def __init__(self) -> None:
+        self._prefix = f"{secrets.randbits(64):016x}"
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+def make_server_id() -> str:
+    """Names this process in rows: host, pid and start time (pids repeat across restarts)."""
+    return f"{os.uname().nodename}:{os.getpid()}:{int(time.time())}"
+
+
+class Recorder:
+    """Turns pool events into rows for the writer."""
+
+    def __init__(self, sink: Sink, server_id: str, clock: Callable[[], float] = time.time) -> None:
+        self._sink = sink
+        self.server_id = server_id
+        self.clock = clock
+        self.new_id = RowIds()
+
+    def connection_opened(self, connection_id: str, remote_addr: str, remote_port: int, local_port: int) -> None:
+        self._sink("connections", (connection_id, self.server_id, remote_addr, remote_port, local_port,
+                                   self.clock()))
+
+    def connection_closed(self, connection_id: str, reason: str, requests: int) -> None:
+        self._sink("disconnections", (connection_id, self.clock(), reason, requests))
+
+    def subscribed(self, connection_id: str, session_id: str, difficulty_sub_id: str, extranonce1: str,
+                   extranonce2_size: int, user_agent: str | None, requested_session: str | None,
+                   resumed: bool) -> None:
+        self._sink("subscriptions", (self.new_id(), connection_id, session_id, difficulty_sub_id, extranonce1,
+                                     extranonce2_size, user_agent, requested_session, resumed, self.clock()))
+
+    def authorized(self, connection_id: str, worker: str, remote_addr: str, authorized: bool) -> None:
+        self._sink("authorizations", (self.new_id(), connection_id, worker, remote_addr, authorized, self.clock()))
+
+    def job(self, job) -> None:
+        self._sink("jobs", (job.job_id, self.server_id, job.height, job.prevhash, job.coinb1, job.coinb2,
+                            list(job.merkle_branch), job.version, job.nbits, job.ntime, job.clean_jobs,
+                            job.created_at))
+
+    def share(self, connection_id: str, worker: str, job_id: str, extranonce2: str | None, ntime: str | None,
+              nonce: str | None, version_bits: str | None, difficulty: float, achieved: float | None,
+              error_code: int | None) -> None:
+        if achieved is not None and achieved == float("inf"):
+            achieved = 1e300
+        self._sink("shares", (self.new_id(), connection_id, worker, job_id, extranonce2, ntime, nonce, version_bits,
+                              difficulty, achieved, error_code is None, error_code, self.clock()))
+
+    def block(self, found: dict) -> None:
+        self._sink("blocks", (self.new_id(), found["connection_id"], found["worker"], found["job_id"],
+                              found["height"], found["block_hash"], found["header"], self.clock()))

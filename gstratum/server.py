@@ -1,0 +1,87 @@
+"""The TCP side: a gevent StreamServer with a bounded pool of connection greenlets, the registry of live miners,
+the job broadcast and a graceful stop."""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+import gevent.pool
+from gevent.server import StreamServer
+
+from .config import Config
+from .connection import Connection
+from .greenlets import LoggedPool
+from .jobs import Job
+from .session import Session, Services
+
+log = logging.getLogger(__name__)
+
+
+class StratumServer:
+    def __init__(self, config: Config, services: Services, recorder) -> None:
+        self.config = config
+        self.services = services
+        self.recorder = recorder
+        self.connections: set[Connection] = set()
+        self.subscribed: set[Connection] = set()
+        self.writers = gevent.pool.Group()  # outbox flushers of miners whose socket buffer was full
+        self.handlers = LoggedPool(config.max_connections)
+        self._server: StreamServer | None = None
+        self.last_fanout: tuple[str, int, float] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        return self._server.address
+
+    def start(self) -> None:
+        self._server = StreamServer((self.config.host, self.config.port), self._handle, spawn=self.handlers,
+                                    backlog=2048)
+        self._server.start()
+        log.info("stratum listening on %s:%d", *self._server.address[:2])
+
+    def _handle(self, sock, address) -> None:
+        connection_id = self.recorder.new_id()
+        remote_addr, remote_port = address[0], address[1]
+        session = Session(self.services, connection_id, remote_addr)
+        conn = Connection(self, sock, address, connection_id, session)
+        self.connections.add(conn)
+        self.recorder.connection_opened(connection_id, remote_addr, remote_port, self.address[1])
+        log.debug("connected %s from %s:%d", connection_id, remote_addr, remote_port)
+        conn.serve()
+
+    def now_subscribed(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.subscribed.add(conn)
+
+    def forget(self, conn: Connection) -> None:
+        """Called once when a connection's serve loop ends."""
+        self.connections.discard(conn)
+        self.subscribed.discard(conn)
+        reason = conn.close_reason or "closed"
+        self.recorder.connection_closed(conn.id, reason, conn.session.requests)
+        log.debug("disconnected %s: %s", conn.id, reason)
+
+    def broadcast(self, job: Job) -> int:
+        """Send `job` to every subscribed miner; the line is encoded once and each send never blocks."""
+        started = time.perf_counter()
+        reached = 0
+        for conn in list(self.subscribed):
+            lines = conn.session.broadcast_lines(job)
+            conn.outbox.send(lines[0] if len(lines) == 1 else b"".join(lines))
+            reached += 1
+        elapsed = time.perf_counter() - started
+        self.last_fanout = (job.job_id, reached, elapsed)
+        log.info("notify job=%s clean=%s miners=%d fanout=%.1fms", job.job_id, job.clean_jobs, reached,
+                 elapsed * 1000)
+        return reached
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, then close every miner (each close is recorded)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort("server shutting down")
+        self.handlers.join(timeout=timeout)
+        self.writers.kill(timeout=1)

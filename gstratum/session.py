@@ -1,0 +1,382 @@
+"""Sans-IO per-miner Stratum state machine: a request line in, reply lines out.
+
+`Session.receive_line` is the one place where exceptions become error replies. Handlers are looked up in a
+dispatch table; every collaborator (allocator, job book, recorder, stats, clock) is passed in through `Services`,
+so the whole protocol is tested without sockets or a database.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import bitcoin, rpc
+from .jobs import Job, JobBook
+from .rpc import (DUPLICATE_SHARE, JOB_NOT_FOUND, LOW_DIFFICULTY, NOT_SUBSCRIBED, OTHER, UNAUTHORIZED, Request,
+                  Response, StratumError)
+from .stats import PoolStats
+from .vardiff import Vardiff, VardiffPolicy
+
+log = logging.getLogger(__name__)
+
+POOL_VERSION_MASK = 0x1FFFE000
+MAX_NTIME_AHEAD = 7200
+MAX_WORKER_NAME = 256
+SERVER_VERSION = "gstratum/0.1"
+_HEX8 = re.compile(r"[0-9a-fA-F]{8}\Z")
+_HEX = re.compile(r"[0-9a-fA-F]*\Z")
+
+
+@dataclass
+class Services:
+    """What a session needs from the rest of the pool."""
+
+    allocator: Any                      # .allocate() -> int
+    jobs: JobBook
+    recorder: Any                       # gstratum.records.Recorder (or a fake)
+    stats: PoolStats = field(default_factory=PoolStats)
+    difficulty: float = 1.0
+    extranonce2_size: int = 4
+    vardiff: VardiffPolicy = field(default_factory=lambda: VardiffPolicy(enabled=False))
+    clock: Callable[[], float] = time.time
+    network_target: Callable[[Job], int] | None = None
+    on_block: Callable[[dict], None] | None = None
+    resume: Callable[[str], str | None] | None = None   # session id -> extranonce1 hex, when resumable
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+class Session:
+    """One miner's protocol state. Not thread-safe; driven by one connection greenlet (and the broadcaster)."""
+
+    def __init__(self, services: Services, connection_id: str, remote_addr: str = "0.0.0.0") -> None:
+        self.services = services
+        self.connection_id = connection_id
+        self.remote_addr = remote_addr
+        self.subscribed = False
+        self.session_id: str | None = None
+        self.extranonce1: str | None = None
+        self._extranonce1_bytes = b""
+        self.workers: set[str] = set()
+        self.difficulty = services.difficulty
+        self._job_difficulty: dict[str, float] = {}
+        self._seen: dict[str, set] = {}
+        self.version_mask = 0
+        self.suggested: float | None = None
+        self.minimum_difficulty = services.vardiff.min_difficulty
+        self.requests = 0
+        self.vardiff = Vardiff(services.vardiff, services.clock())
+        self.last_activity = services.clock()
+        self._handlers = {
+            "mining.subscribe": self.subscribe,
+            "mining.authorize": self.authorize,
+            "mining.submit": self.submit,
+            "mining.configure": self.configure,
+            "mining.suggest_difficulty": self.suggest_difficulty,
+            "mining.suggest_target": self.suggest_target,
+            "mining.extranonce.subscribe": self.extranonce_subscribe,
+            "mining.get_transactions": self.get_transactions,
+            "client.get_version": self.get_version,
+        }
+
+    # -- the one place where exceptions become replies ---------------------------------------------------------
+    def receive_line(self, line: bytes) -> list[bytes]:
+        """Handle one request line; return the lines to send, in order. Never raises for any input."""
+        self.requests += 1
+        self.last_activity = self.services.clock()
+        request_id = None
+        try:
+            message = rpc.decode(line)
+            if isinstance(message, Response):
+                return []
+            request_id = message.id
+            handler = self._handlers.get(message.method)
+            if handler is None:
+                raise StratumError(OTHER, f"Unknown method {message.method[:64]!r}")
+            return handler(message)
+        except StratumError as err:
+            return [rpc.encode_error(err.request_id if err.request_id is not None else request_id, err)]
+        except Exception:  # a bug must cost one reply, not the miner's connection
+            log.exception("internal error handling a request from %s", self.connection_id)
+            return [rpc.encode_error(request_id, StratumError(OTHER, "Internal error"))]
+
+    # -- jobs going out -----------------------------------------------------------------------------------------
+    def job_line(self, job: Job, clean_jobs: bool | None = None) -> bytes:
+        """The notify line for `job`, remembering the difficulty its shares will be judged at."""
+        self._job_difficulty[job.job_id] = self.difficulty
+        if len(self._job_difficulty) > 4 * self.services.jobs.keep:
+            self._forget_dead_jobs()
+        return job.notify_line(clean_jobs)
+
+    def _forget_dead_jobs(self) -> None:
+        live = self.services.jobs
+        for job_id in [j for j in self._job_difficulty if j not in live]:
+            del self._job_difficulty[job_id]
+            self._seen.pop(job_id, None)
+
+    def broadcast_lines(self, job: Job) -> list[bytes]:
+        """What a new job costs this miner: a retarget first when one is due, then the job."""
+        lines = []
+        proposal = self.vardiff.proposal(self.difficulty, self.services.clock())
+        if proposal is not None:
+            lines.append(self._set_difficulty(proposal))
+        lines.append(self.job_line(job))
+        return lines
+
+    def _set_difficulty(self, difficulty: float) -> bytes:
+        self.difficulty = difficulty
+        return rpc.encode_notification("mining.set_difficulty", [difficulty])
+
+    def _retarget_lines(self, difficulty: float) -> list[bytes]:
+        """set_difficulty, then the current job again (clean_jobs false) so the new difficulty takes effect."""
+        lines = [self._set_difficulty(difficulty)]
+        current = self.services.jobs.current
+        if current is not None and self.subscribed:
+            lines.append(self.job_line(current, clean_jobs=False))
+        return lines
+
+    def _bounded(self, difficulty: float) -> float:
+        policy = self.services.vardiff
+        return clamp(difficulty, max(policy.min_difficulty, self.minimum_difficulty), policy.max_difficulty)
+
+    # -- handlers ---------------------------------------------------------------------------------------------
+    def subscribe(self, req: Request) -> list[bytes]:
+        if self.subscribed:
+            raise StratumError(OTHER, "Already subscribed", req.id)
+        params = req.params
+        user_agent = _optional_str(params, 0, "user agent", req.id)
+        requested = _optional_str(params, 1, "session id", req.id)
+        resumed = False
+        extranonce1 = None
+        if requested and self.services.resume is not None:
+            extranonce1 = self.services.resume(requested)
+            resumed = extranonce1 is not None
+        if extranonce1 is None:
+            extranonce1 = f"{self.services.allocator.allocate():016x}"
+        session = requested if resumed else uuid.uuid4().hex
+        difficulty_sub_id = f"d{session[1:]}" if session[0] != "d" else f"e{session[1:]}"
+        self.subscribed = True
+        self.session_id = session
+        self.extranonce1 = extranonce1
+        self._extranonce1_bytes = bytes.fromhex(extranonce1)
+        if self.suggested is not None:
+            self.difficulty = self._bounded(self.suggested)
+        self.services.recorder.subscribed(self.connection_id, session, difficulty_sub_id, extranonce1,
+                                          self.services.extranonce2_size, user_agent, requested, resumed)
+        result = [[["mining.set_difficulty", difficulty_sub_id], ["mining.notify", session]], extranonce1,
+                  self.services.extranonce2_size]
+        lines = [rpc.encode_result(req.id, result), self._set_difficulty(self.difficulty)]
+        current = self.services.jobs.current
+        if current is not None:
+            lines.append(self.job_line(current, clean_jobs=True))
+        self.vardiff.reset(self.services.clock())
+        return lines
+
+    def authorize(self, req: Request) -> list[bytes]:
+        if not req.params or not isinstance(req.params[0], str) or not req.params[0].strip():
+            raise StratumError(OTHER, "Invalid params: worker name must be a non-empty string", req.id)
+        worker = req.params[0]
+        if len(worker) > MAX_WORKER_NAME:
+            raise StratumError(OTHER, f"Invalid params: worker name longer than {MAX_WORKER_NAME}", req.id)
+        self.workers.add(worker)
+        self.services.recorder.authorized(self.connection_id, worker, self.remote_addr, True)
+        return [rpc.encode_result(req.id, True)]
+
+    def configure(self, req: Request) -> list[bytes]:
+        """BIP310: answer each requested extension; unknown ones are answered false."""
+        params = req.params
+        if len(params) < 1 or not isinstance(params[0], list):
+            raise StratumError(OTHER, "Invalid params: expected [extensions, parameters]", req.id)
+        options = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
+        result: dict[str, Any] = {}
+        lines: list[bytes] = []
+        for ext in params[0][:16]:
+            if not isinstance(ext, str):
+                continue
+            if ext == "version-rolling":
+                mask = _hex_option(options.get("version-rolling.mask"), POOL_VERSION_MASK)
+                self.version_mask = POOL_VERSION_MASK & mask
+                result["version-rolling"] = True
+                result["version-rolling.mask"] = f"{self.version_mask:08x}"
+            elif ext == "minimum-difficulty":
+                value = options.get("minimum-difficulty.value")
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                    self.minimum_difficulty = self._bounded(float(value))
+                    result["minimum-difficulty"] = True
+                    if self.difficulty < self.minimum_difficulty:
+                        lines = self._retarget_lines(self.minimum_difficulty) if self.subscribed else []
+                        if not self.subscribed:
+                            self.difficulty = self.minimum_difficulty
+                else:
+                    result["minimum-difficulty"] = False
+            elif ext == "subscribe-extranonce":
+                result["subscribe-extranonce"] = True
+            else:
+                result[ext[:64]] = False
+        return [rpc.encode_result(req.id, result)] + lines
+
+    def suggest_difficulty(self, req: Request) -> list[bytes]:
+        value = req.params[0] if req.params else None
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
+            raise StratumError(OTHER, "Invalid params: difficulty must be a positive number", req.id)
+        self.suggested = float(value)
+        lines = [rpc.encode_result(req.id, True)]
+        if self.subscribed:
+            lines += self._retarget_lines(self._bounded(self.suggested))
+        return lines
+
+    def suggest_target(self, req: Request) -> list[bytes]:
+        value = req.params[0] if req.params else None
+        if not isinstance(value, str) or len(value) > 64:
+            raise StratumError(OTHER, "Invalid params: target must be hex", req.id)
+        try:
+            target = int(value, 16)
+        except ValueError:
+            raise StratumError(OTHER, "Invalid params: target must be hex", req.id) from None
+        if target <= 0:
+            raise StratumError(OTHER, "Invalid params: target must be positive", req.id)
+        return self.suggest_difficulty(Request(req.id, req.method, [bitcoin.DIFF1 / target]))
+
+    def extranonce_subscribe(self, req: Request) -> list[bytes]:
+        return [rpc.encode_result(req.id, True)]
+
+    def get_transactions(self, req: Request) -> list[bytes]:
+        return [rpc.encode_result(req.id, [])]
+
+    def get_version(self, req: Request) -> list[bytes]:
+        return [rpc.encode_result(req.id, SERVER_VERSION)]
+
+    # -- shares -----------------------------------------------------------------------------------------------
+    def submit(self, req: Request) -> list[bytes]:
+        services = self.services
+        now = services.clock()
+        if not self.subscribed:
+            raise StratumError(NOT_SUBSCRIBED, "Not subscribed", req.id)
+        params = req.params
+        worker = params[0] if params and isinstance(params[0], str) else None
+        if worker is None or worker not in self.workers:
+            raise StratumError(UNAUTHORIZED, "Unauthorized worker", req.id)
+        job_id = params[1] if len(params) > 1 and isinstance(params[1], str) else ""
+        difficulty = self._job_difficulty.get(job_id, self.difficulty)
+        record = _ShareRecord(self, worker, job_id, difficulty, now)
+        try:
+            extranonce2, ntime, nonce, version_bits = self._parse_submit(params, req.id)
+            record.fields(extranonce2, ntime, nonce, version_bits)
+            job = services.jobs.get(job_id)
+            if job is None or job_id not in self._job_difficulty:
+                raise StratumError(JOB_NOT_FOUND, "Job not found (stale)", req.id)
+            ntime_int = int(ntime, 16)
+            if ntime_int < job.ntime_int or ntime_int > now + MAX_NTIME_AHEAD:
+                raise StratumError(OTHER, "ntime out of range", req.id)
+            version = job.version_int
+            if version_bits is not None:
+                bits = int(version_bits, 16)
+                if bits & ~self.version_mask:
+                    raise StratumError(OTHER, "Version bits outside the negotiated mask", req.id)
+                version = (version & ~self.version_mask) | (bits & self.version_mask)
+            key = (extranonce2, ntime, nonce, version)
+            seen = self._seen.setdefault(job_id, set())
+            if key in seen:
+                raise StratumError(DUPLICATE_SHARE, "Duplicate share", req.id)
+            template = job.template
+            header = template.header(self._extranonce1_bytes, bytes.fromhex(extranonce2), ntime, nonce, version)
+            hash_int = template.hash_int(header)
+            record.achieved = bitcoin.difficulty_from_hash(hash_int)
+            if hash_int > bitcoin.target_from_difficulty(difficulty):
+                raise StratumError(LOW_DIFFICULTY, "Low difficulty share", req.id)
+            seen.add(key)
+            if services.network_target is not None and hash_int <= services.network_target(job):
+                self._found_block(job, worker, header, hash_int)
+        except StratumError as err:
+            record.done(err.code)
+            services.stats.share(worker, False, difficulty, now)
+            raise
+        record.done(None)
+        services.stats.share(worker, True, difficulty, now)
+        lines = [rpc.encode_result(req.id, True)]
+        self.vardiff.note_share()
+        proposal = self.vardiff.proposal(self.difficulty, now)
+        if proposal is not None:
+            lines += self._retarget_lines(self._bounded(proposal))
+        return lines
+
+    def _parse_submit(self, params: list, request_id) -> tuple[str, str, str, str | None]:
+        if len(params) < 5 or len(params) > 6 or not all(isinstance(p, str) for p in params):
+            raise StratumError(OTHER, "Invalid params: expected [worker, job_id, extranonce2, ntime, nonce"
+                                      "(, version_bits)] as strings", request_id)
+        extranonce2, ntime, nonce = params[2], params[3], params[4]
+        size = self.services.extranonce2_size
+        if len(extranonce2) != 2 * size or not _is_hex(extranonce2):
+            raise StratumError(OTHER, f"Invalid extranonce2: expected {size} bytes of hex", request_id)
+        if not _HEX8.match(ntime):
+            raise StratumError(OTHER, "Invalid ntime: expected 8 hex digits", request_id)
+        if not _HEX8.match(nonce):
+            raise StratumError(OTHER, "Invalid nonce: expected 8 hex digits", request_id)
+        version_bits = params[5] if len(params) == 6 else None
+        if version_bits is not None and not _HEX8.match(version_bits):
+            raise StratumError(OTHER, "Invalid version bits: expected 8 hex digits", request_id)
+        return extranonce2.lower(), ntime.lower(), nonce.lower(), version_bits
+
+    def _found_block(self, job: Job, worker: str, header: bytes, hash_int: int) -> None:
+        block_hash = hash_int.to_bytes(32, "little")[::-1].hex()
+        log.warning("BLOCK CANDIDATE job=%s height=%d worker=%r hash=%s header=%s", job.job_id, job.height,
+                    worker, block_hash, header.hex())
+        self.services.stats.blocks += 1
+        if self.services.on_block is not None:
+            self.services.on_block({"job_id": job.job_id, "height": job.height, "worker": worker,
+                                    "block_hash": block_hash, "header": header.hex(),
+                                    "connection_id": self.connection_id})
+
+
+class _ShareRecord:
+    """Collects one submit's fields as they are validated, and records the row once the verdict is known."""
+
+    __slots__ = ("session", "worker", "job_id", "difficulty", "now", "achieved", "extranonce2", "ntime", "nonce",
+                 "version_bits")
+
+    def __init__(self, session: Session, worker: str, job_id: str, difficulty: float, now: float) -> None:
+        self.session = session
+        self.worker = worker
+        self.job_id = job_id
+        self.difficulty = difficulty
+        self.now = now
+        self.achieved = None
+        self.extranonce2 = self.ntime = self.nonce = self.version_bits = None
+
+    def fields(self, extranonce2: str, ntime: str, nonce: str, version_bits: str | None) -> None:
+        self.extranonce2, self.ntime, self.nonce, self.version_bits = extranonce2, ntime, nonce, version_bits
+
+    def done(self, error_code: int | None) -> None:
+        session = self.session
+        session.services.recorder.share(session.connection_id, self.worker, self.job_id[:64], self.extranonce2,
+                                        self.ntime, self.nonce, self.version_bits, self.difficulty, self.achieved,
+                                        error_code)
+
+
+def _is_hex(text: str) -> bool:
+    return _HEX.match(text) is not None
+
+
+def _optional_str(params: list, index: int, what: str, request_id) -> str | None:
+    if len(params) <= index or params[index] is None:
+        return None
+    value = params[index]
+    if not isinstance(value, str):
+        raise StratumError(OTHER, f"Invalid params: {what} must be a string", request_id)
+    return value[:256]
+
+
+def _hex_option(value, default: int) -> int:
+    if isinstance(value, str) and _HEX8.match(value.rjust(8, "0")):
+        return int(value, 16)
+    return default

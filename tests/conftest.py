@@ -1,0 +1,140 @@
+"""Shared fixtures: a real PostgreSQL (embedded unless DATABASE_URL is set) and real server processes."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Shared 2-core CI machines are noisy: judge properties by their outcome, never by how long a draw took.
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """A PostgreSQL URL for the whole run: DATABASE_URL when given, else an embedded server in .gstratum/."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from gstratum.embedded_pg import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(ROOT / ".gstratum" / "test-pgdata").start()
+    yield pg.url
+    if pg.started_here:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_pg(database_url):
+    """The embedded server itself, for tests that stop and start the database (skipped with DATABASE_URL)."""
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("the database is given by DATABASE_URL; this test needs to own it (embedded PostgreSQL)")
+    from gstratum.embedded_pg import EmbeddedPostgres
+
+    return EmbeddedPostgres(ROOT / ".gstratum" / "test-pgdata").start()
+
+
+@pytest.fixture(scope="session")
+def schema(database_url):
+    """Apply the schema once, the same way the server does."""
+    from gstratum.db import Database
+
+    db = Database(database_url)
+    db.apply_schema()
+    db.close()
+    return database_url
+
+
+@pytest.fixture
+def db(schema):
+    conn = psycopg2.connect(schema)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+def query(conn, sql: str, *params):
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m gstratum run` in a subprocess on a free port, with its log captured to a file."""
+
+    def __init__(self, database_url: str, tmp_path: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.log_path = tmp_path / f"server-{self.port}-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
+               "--database-url", database_url, *args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if "stratum listening" in self.log():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start listening within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def start_server(schema, tmp_path):
+    """Factory: start_server(*flags) -> ServerProcess; all are stopped at the end of the test."""
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, port: int | None = None) -> ServerProcess:
+        server = ServerProcess(schema, tmp_path, *args, port=port)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+        assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server("--notify-interval", "30")
