@@ -96,7 +96,8 @@ class SequenceAllocator:
         if not self._reserve:
             deadline = time.monotonic() + self.wait
             while not self._reserve and time.monotonic() < deadline:
-                gevent.sleep(0.05)
+                self._refill_needed.set()  # the refiller may have cleared it after serving earlier waiters
+                gevent.sleep(0.02)
             if not self._reserve:
                 raise ExtranonceUnavailable()
         return self._reserve.popleft()

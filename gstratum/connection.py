@@ -21,6 +21,7 @@ from .rpc import OTHER, StratumError
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
+SHUTDOWN = "server shutting down"
 
 
 class Outbox:
@@ -153,7 +154,8 @@ class Connection:
         """Drop this miner (slow, flooding, server stopping): the serve loop ends and records the reason."""
         if self.close_reason is None:
             self.close_reason = reason
-            log.info("closing %s %s:%s: %s", self.id, self.address[0], self.address[1], reason)
+            level = logging.DEBUG if reason == SHUTDOWN else logging.INFO
+            log.log(level, "closing %s %s:%s: %s", self.id, self.address[0], self.address[1], reason)
         self.outbox.close()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)

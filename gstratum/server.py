@@ -10,7 +10,7 @@ import gevent.pool
 from gevent.server import StreamServer
 
 from .config import Config
-from .connection import Connection
+from .connection import SHUTDOWN, Connection
 from .greenlets import LoggedPool
 from .jobs import Job
 from .session import Session, Services
@@ -82,6 +82,6 @@ class StratumServer:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
-            conn.abort("server shutting down")
+            conn.abort(SHUTDOWN)
         self.handlers.join(timeout=timeout)
         self.writers.kill(timeout=1)

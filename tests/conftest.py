@@ -79,14 +79,15 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m gstratum run` in a subprocess on a free port, with its log captured to a file."""
 
-    def __init__(self, database_url: str, tmp_path: Path, *args: str, port: int | None = None) -> None:
+    def __init__(self, database_url: str, tmp_path: Path, *args: str, port: int | None = None,
+                 env: dict | None = None) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.log_path = tmp_path / f"server-{self.port}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
                "--database-url", database_url, *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_listening()
 
@@ -124,8 +125,8 @@ def start_server(schema, tmp_path):
     """Factory: start_server(*flags) -> ServerProcess; all are stopped at the end of the test."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str, port: int | None = None) -> ServerProcess:
-        server = ServerProcess(schema, tmp_path, *args, port=port)
+    def start(*args: str, port: int | None = None, env: dict | None = None) -> ServerProcess:
+        server = ServerProcess(schema, tmp_path, *args, port=port, env=env)
         servers.append(server)
         return server
 
