@@ -92,13 +92,17 @@ class Pool:
         services = Services(
             allocator=self.allocator, jobs=book, recorder=recorder, stats=self.stats, difficulty=cfg.difficulty,
             extranonce2_size=cfg.extranonce2_size,
-            vardiff=VardiffPolicy(enabled=False, min_difficulty=cfg.min_difficulty, max_difficulty=cfg.max_difficulty),
+            vardiff=VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
+                                  retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
+                                  max_difficulty=cfg.max_difficulty),
             network_target=lambda job: bitcoin.target_from_nbits(int(job.nbits, 16)),
             on_block=recorder.block,
         )
         self.server = StratumServer(cfg, services, recorder)
-        source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size)
-        self.job_loop = JobLoop(source, book, self.server, recorder, cfg.notify_interval)
+        source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
+                                 fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
+                                 witness_commitment=bool(cfg.witness_commitment))
+        self.job_loop = JobLoop(source, book, self.server, recorder, cfg.notify_interval, cfg.clean_every)
         self.job_loop.start()
         self.server.start()
 

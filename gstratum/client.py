@@ -152,6 +152,25 @@ class StratumClient:
             self.state.job = validate_notify(params)
             self.state.jobs_received += 1
 
+    def poll(self) -> int:
+        """Handle whatever the server already sent, without waiting; returns messages read."""
+        count = 0
+        while True:
+            if b"\n" not in self._buffer:
+                self.sock.setblocking(False)
+                try:
+                    data = self.sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    return count
+                finally:
+                    self.sock.setblocking(True)
+                if not data:
+                    raise ConnectionError("server closed the connection")
+                self._buffer += data
+                continue
+            self.read_message()
+            count += 1
+
     def call(self, method: str, params: list, timeout: float | None = None) -> Any:
         """Send a request and return its result; StratumRejected on an error reply."""
         request_id = next(self._ids)

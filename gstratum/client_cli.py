@@ -17,6 +17,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add("--notifications", type=int, default=1, help="exit after this many mining.notify (0: run until --duration)")
     add("--duration", type=float, default=60.0, help="give up / stop after this many seconds")
     add("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+    add("--mine", action="store_true", help="mine the jobs with a CPU miner for --duration seconds and submit shares")
+    add("--bad-shares", dest="bad_shares", action="store_true",
+        help="send each kind of invalid share and check the server's error codes")
+    add("--suggest-difficulty", dest="suggest_difficulty", type=float, help="send mining.suggest_difficulty first")
 
 
 def _print(message: dict) -> None:
@@ -34,8 +38,14 @@ def run(args: argparse.Namespace) -> int:
             sub = client.subscribe()
             print(f"subscribed: extranonce1={sub.extranonce1} extranonce2_size={sub.extranonce2_size} "
                   f"session={sub.session_id}", flush=True)
+            if args.suggest_difficulty:
+                client.call("mining.suggest_difficulty", [args.suggest_difficulty])
             client.authorize(args.user, args.password)
             print(f"authorized: {args.user}", flush=True)
+            if args.bad_shares:
+                return _bad_shares(client, args.user, host, port)
+            if args.mine:
+                return _mine(client, args)
             for message in client.state.notifications:
                 _print(message)
             shown = len(client.state.notifications)
@@ -66,3 +76,31 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print("ok", flush=True)
     return 0
+
+
+def _mine(client: StratumClient, args: argparse.Namespace) -> int:
+    from .mining import mine
+
+    def show(share, outcome):
+        verdict = "accepted" if outcome is True else f"REJECTED ({outcome})"
+        print(f"share job={share.job_id} nonce={share.nonce} difficulty={client.state.difficulty:g}: {verdict}",
+              flush=True)
+
+    report = mine(client, args.user, args.duration, on_result=show)
+    rate = report.hashes / report.seconds if report.seconds else 0.0
+    print(f"accepted={report.accepted} rejected={report.rejected_total} {report.rejected or ''} "
+          f"hashrate={rate / 1e3:.0f}kH/s over {report.seconds:.1f}s", flush=True)
+    return 0 if report.accepted and not report.rejected_total else 1
+
+
+def _bad_shares(client: StratumClient, worker: str, host: str, port: int) -> int:
+    from .mining import bad_share_checks
+
+    failures = 0
+    for kind, (expected, got) in bad_share_checks(client, worker, host, port).items():
+        ok = expected == got
+        failures += not ok
+        want = "accepted" if expected is None else f"error {expected}"
+        have = "accepted" if got is None else f"error {got}"
+        print(f"{'ok  ' if ok else 'FAIL'} {kind}: expected {want}, got {have}", flush=True)
+    return 1 if failures else 0

