@@ -105,6 +105,16 @@ class Pool:
         self.job_loop = JobLoop(source, book, self.server, recorder, cfg.notify_interval, cfg.clean_every)
         self.job_loop.start()
         self.server.start()
+        spawn_logged(self._log_stats, name="stats-log")
+
+    def _log_stats(self, every: float = 60.0) -> None:
+        """One line a minute: miners, writer health and the busiest workers' totals."""
+        while True:
+            gevent.sleep(every)
+            server, writer = self.server, self.writer
+            log.info("stats miners=%d subscribed=%d rows_written=%d pending=%d dropped=%d extranonce_reserve=%d %s",
+                     len(server.connections), len(server.subscribed), writer.rows_written, writer.pending,
+                     writer.rows_dropped, self.allocator.reserve, self.stats.summary())
 
     def stop(self) -> None:
         """Graceful: stop accepting and close miners, stop making jobs, flush every pending row, release the DB."""

@@ -130,3 +130,17 @@ def test_version_rolling(start_server):
             raise AssertionError("bits outside the mask were accepted")
         except StratumRejected as exc:
             assert exc.code == 20
+
+
+def test_vardiff_raises_a_fast_miners_difficulty_and_shares_stay_accepted(start_server):
+    server = start_server("--difficulty", "0.00001", "--vardiff", "1", "--target-share-interval", "5",
+                          "--retarget-after", "1.5", "--notify-interval", "30")
+    worker = "fast-miner"
+    with StratumClient(server.host, server.port) as client:
+        client.subscribe()
+        client.authorize(worker)
+        report = mine(client, worker, duration=4)
+        difficulties = [m["params"][0] for m in client.state.notifications if m["method"] == "mining.set_difficulty"]
+    assert difficulties[0] == 0.00001
+    assert len(difficulties) >= 2 and difficulties[-1] > difficulties[0], difficulties
+    assert report.accepted > 0 and report.rejected_total == 0, report
