@@ -5,6 +5,7 @@ import logging
 import time
 
 import gevent
+import psycopg2
 
 from . import bitcoin
 from .allocator import SequenceAllocator
@@ -12,6 +13,7 @@ from .config import Config
 from .db import Database
 from .embedded_pg import EmbeddedPostgres
 from .greenlets import spawn_logged
+from .journal import Journal
 from .jobs import JobBook, JobSource, RandomJobSource
 from .records import Recorder, make_server_id
 from .server import StratumServer
@@ -77,16 +79,34 @@ class Pool:
         self.embedded = EmbeddedPostgres(self.config.pgdata).start()
         return self.embedded.url
 
+    def _wait_for_database(self) -> None:
+        """Apply the schema and reserve the first extranonce1 block, retrying while the database is down."""
+        deadline = time.monotonic() + self.config.db_wait
+        delay = 0.2
+        while True:
+            try:
+                self.db.apply_schema()
+                self.allocator.fill_now()
+                return
+            except psycopg2.Error as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("database not ready (%s); retrying in %.1fs", str(exc).strip().splitlines()[0], delay)
+                gevent.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def start(self) -> None:
         cfg = self.config
         self.db = Database(self.database_url(), size=4)
-        self.db.apply_schema()
+        server_id = make_server_id()
+        journal = Journal(cfg.journal_dir, server_id)
+        journal.open()
         self.writer = Writer(self.db, batch=cfg.writer_batch, interval=cfg.writer_interval,
-                             max_queue=cfg.writer_queue)
-        self.writer.start(spawn=lambda f: spawn_logged(f, name="writer"))
-        recorder = Recorder(self.writer.put, make_server_id())
+                             max_queue=cfg.writer_queue, journal=journal)
+        recorder = Recorder(self.writer.put, server_id)
         self.allocator = SequenceAllocator(self.db, block=cfg.extranonce_block, wait=cfg.subscribe_wait)
-        self.allocator.fill_now()
+        self._wait_for_database()
+        self.writer.start(spawn=lambda f: spawn_logged(f, name="writer"))
         self.allocator.start(spawn=lambda f: spawn_logged(f, name="extranonce-refill"))
         book = JobBook()
         services = Services(
@@ -112,9 +132,10 @@ class Pool:
         while True:
             gevent.sleep(every)
             server, writer = self.server, self.writer
-            log.info("stats miners=%d subscribed=%d rows_written=%d pending=%d dropped=%d extranonce_reserve=%d %s",
-                     len(server.connections), len(server.subscribed), writer.rows_written, writer.pending,
-                     writer.rows_dropped, self.allocator.reserve, self.stats.summary())
+            log.info("stats miners=%d subscribed=%d rows_written=%d pending=%d spilled=%d replayed=%d "
+                     "extranonce_reserve=%d drops=%s %s", len(server.connections), len(server.subscribed),
+                     writer.rows_written, writer.pending, writer.spilled, writer.rows_replayed,
+                     self.allocator.reserve, server.drops, self.stats.summary())
 
     def stop(self) -> None:
         """Graceful: stop accepting and close miners, stop making jobs, flush every pending row, release the DB."""

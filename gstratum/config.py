@@ -36,6 +36,13 @@ class Config:
     writer_interval: float = 0.05
     writer_queue: int = 200_000
     log_level: str = "INFO"
+    max_per_ip: int = 5000
+    subscribe_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    cost_soft: float = 500.0
+    cost_hard: float = 2000.0
+    journal_dir: Path = Path(".gstratum/journal")
+    db_wait: float = 60.0
     fake_txs: int = 0
     nbits: str = "207fffff"
     clean_every: int = 4
@@ -123,6 +130,13 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-connections", dest="max_connections", type=int, help="connection cap (default 20000)")
     add("--max-line", dest="max_line", type=int, help="longest accepted request line in bytes (default 16384)")
     add("--log-level", dest="log_level", help="DEBUG, INFO, WARNING (default INFO)")
+    add("--max-per-ip", dest="max_per_ip", type=int, help="connections allowed from one address (default 5000)")
+    add("--subscribe-timeout", dest="subscribe_timeout", type=float,
+        help="close connections not subscribed within this many seconds (default 30)")
+    add("--idle-timeout", dest="idle_timeout", type=float,
+        help="close subscribed miners silent for this many seconds (default 600)")
+    add("--journal-dir", dest="journal_dir", type=Path,
+        help="spill journal folder for rows the database cannot take (default .gstratum/journal)")
     add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
     add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
     add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")

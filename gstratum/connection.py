@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import deque
 
 import gevent
@@ -16,6 +17,7 @@ import gevent
 from . import rpc
 from .framing import LINE_TOO_LONG, LineFramer
 from .greenlets import spawn_logged
+from .limits import CLOSE, SLOW, CostMeter
 from .rpc import OTHER, StratumError
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ class Outbox:
 class Connection:
     """One miner's TCP connection, run by its own greenlet (`serve`)."""
 
-    __slots__ = ("id", "sock", "address", "session", "outbox", "framer", "close_reason", "server", "__weakref__")
+    __slots__ = ("id", "sock", "address", "session", "outbox", "framer", "close_reason", "server", "meter",
+                 "connected_at", "_charged_requests", "_charged_errors", "__weakref__")
 
     def __init__(self, server, sock, address, connection_id: str, session) -> None:
         self.server = server
@@ -99,8 +102,12 @@ class Connection:
         self.session = session
         cfg = server.config
         self.framer = LineFramer(cfg.max_line)
-        self.outbox = Outbox(sock, cfg.max_pending_output, cfg.send_timeout, server.writers, self.abort)
+        self.outbox = Outbox(sock, cfg.max_pending_output, cfg.send_timeout, server.writers, self._slow)
         self.close_reason: str | None = None
+        self.connected_at = time.monotonic()
+        self.meter = CostMeter(server.cost_policy, self.connected_at)
+        self._charged_requests = 0
+        self._charged_errors = 0
 
     def serve(self) -> None:
         """Read until the miner leaves, the line cap is broken, or the server closes us."""
@@ -116,6 +123,8 @@ class Connection:
                     self.close_reason = self.close_reason or "closed by miner"
                     break
                 self._handle(data)
+                if self.close_reason is None:
+                    self._meter()
         finally:
             self.server.forget(self)
             self._close_socket()
@@ -136,6 +145,18 @@ class Connection:
         if out:
             self.outbox.send(out[0] if len(out) == 1 else b"".join(out))
 
+    def _meter(self) -> None:
+        """Charge what this read cost; slow the connection down past the soft limit, close it past the hard one."""
+        session = self.session
+        verdict = self.meter.charge(session.requests - self._charged_requests, session.errors - self._charged_errors,
+                                    time.monotonic())
+        self._charged_requests, self._charged_errors = session.requests, session.errors
+        if verdict == CLOSE:
+            self.server.dropped("flood")
+            self.abort(f"flood: cost {self.meter.balance:.0f} over the limit")
+        elif verdict == SLOW:
+            gevent.sleep(self.meter.delay())
+
     def _drain(self, seconds: float = 1.0, limit: int = 1 << 20) -> None:
         """Half-close and discard what the miner still sends, so our last error reply is not lost to a TCP reset
         (closing a socket with unread input makes the kernel send RST)."""
@@ -149,6 +170,10 @@ class Connection:
                     limit -= len(data)
         except OSError:
             pass
+
+    def _slow(self, reason: str) -> None:
+        self.server.dropped("slow")
+        self.abort(reason)
 
     def abort(self, reason: str) -> None:
         """Drop this miner (slow, flooding, server stopping): the serve loop ends and records the reason."""

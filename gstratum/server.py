@@ -11,7 +11,8 @@ from gevent.server import StreamServer
 
 from .config import Config
 from .connection import SHUTDOWN, Connection
-from .greenlets import LoggedPool
+from .greenlets import LoggedPool, spawn_logged
+from .limits import CostPolicy
 from .jobs import Job
 from .session import Session, Services
 
@@ -26,9 +27,12 @@ class StratumServer:
         self.connections: set[Connection] = set()
         self.subscribed: set[Connection] = set()
         self.writers = gevent.pool.Group()  # outbox flushers of miners whose socket buffer was full
-        self.handlers = LoggedPool(config.max_connections)
+        self.handlers = LoggedPool(config.max_connections + 256)  # headroom so over-cap connections can be refused
         self._server: StreamServer | None = None
         self.last_fanout: tuple[str, int, float] | None = None
+        self.cost_policy = CostPolicy(soft=config.cost_soft, hard=config.cost_hard)
+        self.per_ip: dict[str, int] = {}
+        self.drops: dict[str, int] = {}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -39,11 +43,30 @@ class StratumServer:
         self._server = StreamServer((self.config.host, self.config.port), self._handle, spawn=self.handlers,
                                     backlog=2048)
         self._server.start()
+        self._sweeper = spawn_logged(self._sweep_forever, name="sweeper")
         log.info("stratum listening on %s:%d", *self._server.address[:2])
 
+    def dropped(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def _refuse(self, sock, reason: str) -> None:
+        """Over a cap: close at once, before any state, row or greenlet beyond this one exists."""
+        self.dropped(reason)
+        if self.drops[reason] in (1, 10, 100) or self.drops[reason] % 1000 == 0:
+            log.warning("refused connections (%s): %d so far", reason, self.drops[reason])
+        try:
+            sock.close()
+        except OSError:
+            pass
+
     def _handle(self, sock, address) -> None:
-        connection_id = self.recorder.new_id()
         remote_addr, remote_port = address[0], address[1]
+        if len(self.connections) >= self.config.max_connections:
+            return self._refuse(sock, "cap")
+        if self.per_ip.get(remote_addr, 0) >= self.config.max_per_ip:
+            return self._refuse(sock, "ip cap")
+        self.per_ip[remote_addr] = self.per_ip.get(remote_addr, 0) + 1
+        connection_id = self.recorder.new_id()
         session = Session(self.services, connection_id, remote_addr)
         conn = Connection(self, sock, address, connection_id, session)
         self.connections.add(conn)
@@ -58,10 +81,35 @@ class StratumServer:
     def forget(self, conn: Connection) -> None:
         """Called once when a connection's serve loop ends."""
         self.connections.discard(conn)
+        addr = conn.address[0]
+        left = self.per_ip.get(addr, 1) - 1
+        if left > 0:
+            self.per_ip[addr] = left
+        else:
+            self.per_ip.pop(addr, None)
         self.subscribed.discard(conn)
         reason = conn.close_reason or "closed"
         self.recorder.connection_closed(conn.id, reason, conn.session.requests)
         log.debug("disconnected %s: %s", conn.id, reason)
+
+    def sweep(self) -> None:
+        """Close connections that never subscribed in time, and subscribed miners silent for too long."""
+        cfg = self.config
+        now_mono = time.monotonic()
+        now = self.services.clock()
+        for conn in list(self.connections):
+            if not conn.session.subscribed:
+                if now_mono - conn.connected_at > cfg.subscribe_timeout:
+                    self.dropped("subscribe timeout")
+                    conn.abort(f"not subscribed within {cfg.subscribe_timeout:.0f}s")
+            elif now - conn.session.last_activity > cfg.idle_timeout:
+                self.dropped("idle")
+                conn.abort(f"idle for {cfg.idle_timeout:.0f}s")
+
+    def _sweep_forever(self, every: float = 1.0) -> None:
+        while True:
+            gevent.sleep(every)
+            self.sweep()
 
     def broadcast(self, job: Job) -> int:
         """Send `job` to every subscribed miner; the line is encoded once and each send never blocks."""
@@ -81,6 +129,7 @@ class StratumServer:
         """Stop accepting, then close every miner (each close is recorded)."""
         if self._server is not None:
             self._server.close()
+            self._sweeper.kill()
         for conn in list(self.connections):
             conn.abort(SHUTDOWN)
         self.handlers.join(timeout=timeout)

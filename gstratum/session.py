@@ -79,6 +79,7 @@ class Session:
         self.suggested: float | None = None
         self.minimum_difficulty = services.vardiff.min_difficulty
         self.requests = 0
+        self.errors = 0
         self.vardiff = Vardiff(services.vardiff, services.clock())
         self.last_activity = services.clock()
         self._handlers = {
@@ -109,8 +110,10 @@ class Session:
                 raise StratumError(OTHER, f"Unknown method {message.method[:64]!r}")
             return handler(message)
         except StratumError as err:
+            self.errors += 1
             return [rpc.encode_error(err.request_id if err.request_id is not None else request_id, err)]
         except Exception:  # a bug must cost one reply, not the miner's connection
+            self.errors += 1
             log.exception("internal error handling a request from %s", self.connection_id)
             return [rpc.encode_error(request_id, StratumError(OTHER, "Internal error"))]
 

@@ -2,8 +2,9 @@
 
 `put` never blocks and never does I/O, so a slow or absent database cannot stall a miner. The writer flushes every
 `interval` seconds (or as soon as a batch is full) with one multi-row INSERT per table in one transaction. On a
-database error the batch stays queued and is retried with backoff; rows carry their own ids, so a batch that did
-reach the database before the error is not duplicated (ON CONFLICT DO NOTHING).
+database error the rows stay queued and the write is retried with backoff; rows carry their own ids, so a batch
+that did reach the database before the error is not duplicated (ON CONFLICT DO NOTHING). Past `max_queue` rows,
+new rows spill to the journal on disk (fsync'd in groups each loop), replayed when the database is back.
 """
 from __future__ import annotations
 
@@ -17,36 +18,50 @@ import psycopg2
 import psycopg2.extras
 
 from .db import Database
+from .journal import Journal, read_batches
 from .records import TABLES, Table
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF = 5.0
+
 
 class Writer:
     def __init__(self, db: Database, batch: int = 5000, interval: float = 0.05, max_queue: int = 200_000,
-                 tables: dict[str, Table] = TABLES) -> None:
+                 journal: Journal | None = None, tables: dict[str, Table] = TABLES) -> None:
         self.db = db
         self.batch = batch
         self.interval = interval
         self.max_queue = max_queue
+        self.journal = journal
         self.tables = tables
         self._queue: deque[tuple[str, tuple]] = deque()
         self._wake = gevent.event.Event()
         self._stopping = False
         self._greenlet: gevent.Greenlet | None = None
+        self._backoff = 0.0
+        self._next_attempt = 0.0
         self.rows_written = 0
         self.rows_dropped = 0
+        self.rows_replayed = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.last_write_seconds = 0.0
+        self.healthy = True
+        self._replayed_once = False
+        self._spilled_at_replay = 0
 
     @property
     def pending(self) -> int:
         return len(self._queue)
 
     def put(self, table: str, row: tuple) -> None:
-        """Queue one row; never blocks. Past max_queue the row is dropped and counted (logged by the writer)."""
+        """Queue one row; never blocks. Past max_queue it goes to the journal (or, without one, is dropped)."""
         if len(self._queue) >= self.max_queue:
-            self.rows_dropped += 1
+            if self.journal is not None:
+                self.journal.append(table, row)
+            else:
+                self.rows_dropped += 1
             return
         self._queue.append((table, row))
         if len(self._queue) >= self.batch:
@@ -57,20 +72,42 @@ class Writer:
         return self._greenlet
 
     def _run(self) -> None:
-        backoff = self.interval
         reported_drops = 0
         while not self._stopping:
-            self._wake.wait(timeout=backoff)
+            self._wake.wait(timeout=self.interval)
             self._wake.clear()
+            if self.journal is not None:
+                self.journal.sync()
             if self.rows_dropped != reported_drops:
-                log.error("writer queue full: %d rows dropped so far", self.rows_dropped)
+                log.error("writer queue full and no journal: %d rows dropped so far", self.rows_dropped)
                 reported_drops = self.rows_dropped
-            if self._flush_some():
-                backoff = self.interval
-            else:
-                backoff = min(max(backoff * 2, 0.1), 5.0)
+            if time.monotonic() < self._next_attempt:
+                continue
+            if self._flush_queue() and self._replay_due():
+                self._replay()
 
-    def _flush_some(self) -> bool:
+    def _failed(self, exc: psycopg2.Error, rows: int) -> None:
+        self.failures += 1
+        text = str(exc).strip()
+        self.last_error = text.splitlines()[0] if text else type(exc).__name__
+        self._backoff = min(max(self._backoff * 2, 0.1), MAX_BACKOFF)
+        self._next_attempt = time.monotonic() + self._backoff
+        if self.healthy or self.failures % 20 == 0:
+            log.warning("database write of %d rows failed (%s); %d queued in memory, %d spilled to the journal; "
+                        "retrying in %.1fs", rows, self.last_error, len(self._queue), self.spilled, self._backoff)
+        self.healthy = False
+
+    def _succeeded(self) -> None:
+        if not self.healthy:
+            log.info("database writes recovered after %d failures", self.failures)
+        self.healthy = True
+        self._backoff = 0.0
+
+    @property
+    def spilled(self) -> int:
+        return self.journal.rows_spilled if self.journal is not None else 0
+
+    def _flush_queue(self) -> bool:
         """Write queued rows in batches until the queue is empty; False when the database refused."""
         while self._queue:
             count = min(len(self._queue), self.batch)
@@ -78,15 +115,43 @@ class Writer:
             try:
                 self._write(batch)
             except psycopg2.Error as exc:
-                self.failures += 1
-                self.last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                log.warning("database write of %d rows failed (%s); %d rows queued, will retry",
-                            count, self.last_error, len(self._queue))
+                self._failed(exc, count)
                 return False
             for _ in range(count):
                 self._queue.popleft()
             self.rows_written += count
+        self._succeeded()
         return True
+
+    def _replay_due(self) -> bool:
+        """Replay at start (files left by a dead process) and whenever rows were spilled since the last replay."""
+        journal = self.journal
+        return journal is not None and (not self._replayed_once or journal.rows_spilled != self._spilled_at_replay)
+
+    def _replay(self) -> None:
+        """Move spilled rows back: rotate the live journal, then replay every pending file and delete it."""
+        journal = self.journal
+        spilled = journal.rows_spilled
+        if journal.bytes_on_disk or journal.buffered:
+            journal.rotate()
+            journal.bytes_on_disk = 0
+        for path in journal.pending_files():
+            replayed = 0
+            try:
+                for batch in read_batches(path, self.batch):
+                    self._write(batch)
+                    replayed += len(batch)
+            except psycopg2.Error as exc:
+                self._failed(exc, replayed)
+                return
+            except FileNotFoundError:
+                continue  # another process replayed it first
+            path.unlink(missing_ok=True)
+            self.rows_replayed += replayed
+            self.rows_written += replayed
+            log.info("replayed %d rows from journal %s", replayed, path.name)
+        self._replayed_once = True
+        self._spilled_at_replay = spilled
 
     def _write(self, batch: list[tuple[str, tuple]]) -> None:
         by_table: dict[str, list[tuple]] = {}
@@ -98,10 +163,11 @@ class Writer:
                 spec = self.tables[name]
                 psycopg2.extras.execute_values(cur, spec.insert_sql, rows, template=spec.template,
                                                page_size=len(rows))
-        log.debug("wrote %d rows in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+        self.last_write_seconds = time.perf_counter() - started
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the loop and flush what is queued, retrying until `timeout`; True when nothing is left."""
+        """Stop the loop and write out what is queued, retrying until `timeout`. What still cannot be written
+        goes to the journal, so it is replayed at the next start. True when everything reached the database."""
         self._stopping = True
         self._wake.set()
         if self._greenlet is not None:
@@ -109,8 +175,19 @@ class Writer:
             self._greenlet.kill()  # a write cut short is re-sent below; row ids make that idempotent
         deadline = time.monotonic() + timeout
         while self._queue and time.monotonic() < deadline:
-            if not self._flush_some():
-                gevent.sleep(0.2)
+            if not self._flush_queue():
+                gevent.sleep(min(self._backoff, max(deadline - time.monotonic(), 0)))
+        if not self._queue and self.journal is not None and self.healthy:
+            self._replay()
+        written = not self._queue
+        if self._queue and self.journal is not None:
+            while self._queue:
+                self.journal.append(*self._queue.popleft())
+            log.warning("database unreachable at shutdown: rows kept in journal %s for the next start",
+                        self.journal.path.name)
+        if self.journal is not None:
+            self.journal.close()
+            written = written and not self.journal.path.exists() and not self.journal.pending_files()
         if self._queue:
             log.error("writer stopped with %d rows not written (%s)", len(self._queue), self.last_error)
-        return not self._queue
+        return written

@@ -85,8 +85,9 @@ class ServerProcess:
         self.host = "127.0.0.1"
         self.log_path = tmp_path / f"server-{self.port}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
+        self.journal_dir = tmp_path / "journal"
         cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
-               "--database-url", database_url, *args]
+               "--database-url", database_url, "--journal-dir", str(self.journal_dir), *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_listening()
