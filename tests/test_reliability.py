@@ -1,0 +1,156 @@
+"""Faults injected for real: the database stops under load, the server is killed or stopped mid-outage."""
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from gstratum.client import StratumClient, StratumRejected
+
+from .conftest import query
+
+
+class AuthorizingMiner(threading.Thread):
+    """A miner that keeps sending mining.authorize (each one is a row) and counts the `true` replies."""
+
+    def __init__(self, server, name: str) -> None:
+        super().__init__(daemon=True)
+        self.client = StratumClient(server.host, server.port, timeout=20)
+        self.client.subscribe()
+        self.name_prefix = name
+        self.acknowledged = 0
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.client.authorize(f"{self.name_prefix}.{self.acknowledged}")
+                self.acknowledged += 1
+                time.sleep(0.02)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def wait_for_count(db_url_conn, workers_like: str, expected: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    count = -1
+    while time.monotonic() < deadline:
+        try:
+            count = query(db_url_conn(), "SELECT count(*) FROM authorizations WHERE worker LIKE %s",
+                          workers_like)[0][0]
+        except Exception:  # the database may still be starting
+            count = -1
+        if count == expected:
+            return count
+        time.sleep(0.2)
+    return count
+
+
+@pytest.fixture
+def fresh_db(schema):
+    """A new connection each call: the database is restarted during these tests."""
+    import psycopg2
+
+    conns = []
+
+    def connect():
+        conn = psycopg2.connect(schema, connect_timeout=2)
+        conn.autocommit = True
+        conns.append(conn)
+        return conn
+
+    yield connect
+    for conn in conns:
+        conn.close()
+
+
+def test_database_outage_under_load_loses_no_row_and_drops_no_miner(start_server, embedded_pg, fresh_db):
+    tag = f"outage{time.time_ns()}"
+    # a small in-memory queue forces the journal to take part
+    server = start_server(env={"GSTRATUM_WRITER_QUEUE": "300", "GSTRATUM_WRITER_BATCH": "100",
+                               "GSTRATUM_EXTRANONCE_BLOCK": "200"})
+    miners = [AuthorizingMiner(server, f"{tag}-{i}") for i in range(40)]
+    for m in miners:
+        m.start()
+    time.sleep(1.0)
+    embedded_pg.stop()
+    try:
+        time.sleep(30)   # the outage
+        # new miners still get an extranonce1 from the reserve while the database is down
+        late = StratumClient(server.host, server.port, timeout=10)
+        assert len(late.subscribe().extranonce1) == 16
+    finally:
+        embedded_pg.start()
+    time.sleep(1.0)
+    for m in miners:
+        m.stop.set()
+    for m in miners:
+        m.join(10)
+    errors = [m.error for m in miners if m.error is not None]
+    assert not errors, errors[:3]
+    produced = sum(m.acknowledged for m in miners)
+    assert produced > 1000
+    # every miner is still connected and served
+    for m in miners:
+        assert m.client.authorize(f"{m.name_prefix}.final") is True
+    produced += len(miners)
+    written = wait_for_count(fresh_db, f"{tag}-%", produced, timeout=60)
+    assert written == produced
+    log = server.log()
+    assert "database write of" in log and "replayed" in log and "recovered" in log
+    duplicates = query(fresh_db(), "SELECT count(*) - count(DISTINCT id) FROM authorizations WHERE worker LIKE %s",
+                       f"{tag}-%")
+    assert duplicates == [(0,)]
+    late.close()
+
+
+def test_sigterm_during_outage_keeps_rows_in_journal_for_next_start(start_server, embedded_pg, fresh_db, tmp_path):
+    tag = f"restart{time.time_ns()}"
+    first = start_server()
+    with StratumClient(first.host, first.port) as client:
+        client.subscribe()
+        embedded_pg.stop()
+        try:
+            for i in range(25):
+                client.authorize(f"{tag}-{i}")
+            assert first.stop(signal.SIGTERM, timeout=60) == 0
+        finally:
+            embedded_pg.start()
+    assert "rows kept in journal" in first.log()
+    assert list(first.journal_dir.glob("*.jsonl")), "journal file missing"
+    # a new process on the same journal folder replays the dead one's rows
+    second = start_server(port=None)
+    assert second.journal_dir == first.journal_dir
+    assert wait_for_count(fresh_db, f"{tag}-%", 25, timeout=30) == 25
+    # 25 authorizations plus the connection, subscription, disconnection and job rows of the first process
+    replayed = re.search(r"replayed (\d+) rows from journal", second.log())
+    assert replayed and int(replayed.group(1)) >= 25
+
+
+def test_subscribe_fails_cleanly_when_reserve_is_empty_and_database_down(start_server, embedded_pg):
+    server = start_server(env={"GSTRATUM_EXTRANONCE_BLOCK": "4", "GSTRATUM_SUBSCRIBE_WAIT": "1"})
+    clients = []
+    embedded_pg.stop()
+    try:
+        outcomes = []
+        for _ in range(8):
+            client = StratumClient(server.host, server.port, timeout=10)
+            clients.append(client)
+            started = time.monotonic()
+            try:
+                client.subscribe()
+                outcomes.append("ok")
+            except StratumRejected as exc:
+                outcomes.append(exc.code)
+                assert time.monotonic() - started < 5
+        assert "ok" in outcomes and 20 in outcomes, outcomes
+        # the refused miner's connection is still up and may retry
+        assert clients[-1].authorize("still-connected") is True
+    finally:
+        embedded_pg.start()
+        for client in clients:
+            client.close()
