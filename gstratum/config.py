@@ -30,6 +30,7 @@ class Config:
     max_connections: int = 20_000
     send_timeout: float = 10.0
     max_pending_output: int = 256 * 1024
+    socket_sndbuf: int = 0            # SO_SNDBUF for miner sockets; 0 keeps the kernel's auto-tuning
     extranonce_block: int = 1000
     subscribe_wait: float = 5.0
     writer_batch: int = 5000

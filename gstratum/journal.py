@@ -82,6 +82,16 @@ class Journal:
                 pending.append(path)
         return pending
 
+    @property
+    def rejected_path(self) -> Path:
+        return self.directory / f"{self.name}.rejected"
+
+    def set_aside(self, table: str, row: tuple) -> None:
+        """Keep a row the database refused (it is not replayed: it would be refused again) for an operator."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.rejected_path, "a", encoding="utf-8") as handle:
+            handle.write(ujson.dumps([table, row], ensure_ascii=True) + "\n")
+
     def close(self) -> None:
         self.sync()
         if self._file is not None:

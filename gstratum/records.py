@@ -51,6 +51,13 @@ TABLES: dict[str, Table] = {
 Sink = Callable[[str, tuple], None]
 
 
+def text(value: str | None) -> str | None:
+    """Client-supplied text as PostgreSQL can store it: NUL is the one character `text` cannot hold."""
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
 class RowIds:
     """Unique row ids without a database round trip: 64 random bits per process, then a counter (as uuid hex)."""
 
@@ -87,10 +94,12 @@ class Recorder:
                    extranonce2_size: int, user_agent: str | None, requested_session: str | None,
                    resumed: bool) -> None:
         self._sink("subscriptions", (self.new_id(), connection_id, session_id, difficulty_sub_id, extranonce1,
-                                     extranonce2_size, user_agent, requested_session, resumed, self.clock()))
+                                     extranonce2_size, text(user_agent), text(requested_session), resumed,
+                                     self.clock()))
 
     def authorized(self, connection_id: str, worker: str, remote_addr: str, authorized: bool) -> None:
-        self._sink("authorizations", (self.new_id(), connection_id, worker, remote_addr, authorized, self.clock()))
+        self._sink("authorizations", (self.new_id(), connection_id, text(worker), remote_addr, authorized,
+                                      self.clock()))
 
     def job(self, job) -> None:
         self._sink("jobs", (job.job_id, self.server_id, job.height, job.prevhash, job.coinb1, job.coinb2,
@@ -102,9 +111,9 @@ class Recorder:
               error_code: int | None) -> None:
         if achieved is not None and achieved == float("inf"):
             achieved = 1e300
-        self._sink("shares", (self.new_id(), connection_id, worker, job_id, extranonce2, ntime, nonce, version_bits,
-                              difficulty, achieved, error_code is None, error_code, self.clock()))
+        self._sink("shares", (self.new_id(), connection_id, text(worker), text(job_id), extranonce2, ntime, nonce,
+                              version_bits, difficulty, achieved, error_code is None, error_code, self.clock()))
 
     def block(self, found: dict) -> None:
-        self._sink("blocks", (self.new_id(), found["connection_id"], found["worker"], found["job_id"],
+        self._sink("blocks", (self.new_id(), found["connection_id"], text(found["worker"]), found["job_id"],
                               found["height"], found["block_hash"], found["header"], self.clock()))

@@ -3,6 +3,7 @@ the job broadcast and a graceful stop."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import gevent
@@ -66,6 +67,8 @@ class StratumServer:
         if self.per_ip.get(remote_addr, 0) >= self.config.max_per_ip:
             return self._refuse(sock, "ip cap")
         self.per_ip[remote_addr] = self.per_ip.get(remote_addr, 0) + 1
+        if self.config.socket_sndbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_sndbuf)
         connection_id = self.recorder.new_id()
         session = Session(self.services, connection_id, remote_addr)
         conn = Connection(self, sock, address, connection_id, session)

@@ -248,7 +248,7 @@ class Session:
                 value = float(value)
             except ValueError:
                 value = None
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
             raise StratumError(OTHER, "Invalid params: difficulty must be a positive number", req.id)
         self.suggested = float(value)
         lines = [rpc.encode_result(req.id, True)]

@@ -17,7 +17,7 @@ import gevent.event
 import psycopg2
 import psycopg2.extras
 
-from .db import Database
+from .db import CONNECTION_ERRORS, Database
 from .journal import Journal, read_batches
 from .records import TABLES, Table
 
@@ -44,6 +44,7 @@ class Writer:
         self.rows_written = 0
         self.rows_dropped = 0
         self.rows_replayed = 0
+        self.rows_rejected = 0
         self.failures = 0
         self.last_error: str | None = None
         self.last_write_seconds = 0.0
@@ -154,6 +155,28 @@ class Writer:
         self._spilled_at_replay = spilled
 
     def _write(self, batch: list[tuple[str, tuple]]) -> None:
+        """Write a batch; a row the database refuses for what it is (not for being down) is set aside, so one
+        poison row can never block the queue behind it."""
+        try:
+            self._insert(batch)
+        except CONNECTION_ERRORS:
+            raise
+        except (psycopg2.Error, ValueError, TypeError) as exc:
+            if len(batch) == 1:
+                self._set_aside(batch[0], exc)
+                return
+            middle = len(batch) // 2
+            self._write(batch[:middle])
+            self._write(batch[middle:])
+
+    def _set_aside(self, item: tuple[str, tuple], exc: Exception) -> None:
+        self.rows_rejected += 1
+        log.error("database refused a %s row (%s); kept in %s", item[0], str(exc).strip().splitlines()[0][:200],
+                  self.journal.rejected_path if self.journal is not None else "the log only")
+        if self.journal is not None:
+            self.journal.set_aside(*item)
+
+    def _insert(self, batch: list[tuple[str, tuple]]) -> None:
         by_table: dict[str, list[tuple]] = {}
         for table, row in batch:
             by_table.setdefault(table, []).append(row)
