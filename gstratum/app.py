@@ -17,6 +17,7 @@ from .journal import Journal
 from .jobs import JobBook, JobSource, RandomJobSource
 from .records import Recorder, make_server_id
 from .server import StratumServer
+from .sessions import SessionDirectory
 from .session import Services
 from .stats import PoolStats
 from .vardiff import VardiffPolicy
@@ -119,6 +120,9 @@ class Pool:
             on_block=recorder.block,
         )
         self.server = StratumServer(cfg, services, recorder)
+        self.server.directory = SessionDirectory(self.db, cfg.resume_window)
+        services.resume = self.server.resume
+        services.on_subscribed = self.server.on_subscribed
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
                                  witness_commitment=bool(cfg.witness_commitment))

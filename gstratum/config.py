@@ -44,6 +44,7 @@ class Config:
     cost_hard: float = 2000.0
     journal_dir: Path = Path(".gstratum/journal")
     db_wait: float = 60.0
+    resume_window: float = 3600.0
     fake_txs: int = 0
     nbits: str = "207fffff"
     clean_every: int = 4
@@ -138,6 +139,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="close subscribed miners silent for this many seconds (default 600)")
     add("--journal-dir", dest="journal_dir", type=Path,
         help="spill journal folder for rows the database cannot take (default .gstratum/journal)")
+    add("--resume-window", dest="resume_window", type=float,
+        help="a miner reconnecting with its session id within this many seconds keeps its extranonce1 (3600)")
     add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
     add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
     add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")

@@ -34,6 +34,9 @@ class StratumServer:
         self.cost_policy = CostPolicy(soft=config.cost_soft, hard=config.cost_hard)
         self.per_ip: dict[str, int] = {}
         self.drops: dict[str, int] = {}
+        self.by_session: dict[str, Connection] = {}
+        self.directory = None           # gstratum.sessions.SessionDirectory, when resumption is on
+        self._sweeper = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -80,10 +83,32 @@ class StratumServer:
     def now_subscribed(self, conn: Connection) -> None:
         if conn in self.connections:
             self.subscribed.add(conn)
+            self.by_session[conn.session.session_id] = conn
+
+    def resume(self, requested: str, session: Session) -> tuple[str, str] | None:
+        """Session resumption: the previous (session id, extranonce1), closing the old connection if still open
+        here, so two live connections never share an extranonce1."""
+        if self.directory is None:
+            return None
+        found = self.directory.lookup(requested)
+        if found is None:
+            return None
+        old = self.by_session.get(found[0])
+        if old is not None and old.session is not session:
+            self.dropped("resumed")
+            old.abort("session resumed by a new connection")
+            self.subscribed.discard(old)
+        return found
+
+    def on_subscribed(self, session: Session, difficulty_sub_id: str) -> None:
+        if self.directory is not None:
+            self.directory.remember(session.session_id, difficulty_sub_id, session.extranonce1)
 
     def forget(self, conn: Connection) -> None:
         """Called once when a connection's serve loop ends."""
         self.connections.discard(conn)
+        if self.by_session.get(conn.session.session_id) is conn:
+            del self.by_session[conn.session.session_id]
         addr = conn.address[0]
         left = self.per_ip.get(addr, 1) - 1
         if left > 0:

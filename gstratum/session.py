@@ -45,7 +45,8 @@ class Services:
     clock: Callable[[], float] = time.time
     network_target: Callable[[Job], int] | None = None
     on_block: Callable[[dict], None] | None = None
-    resume: Callable[[str], str | None] | None = None   # session id -> extranonce1 hex, when resumable
+    resume: Callable[[str, "Session"], tuple[str, str] | None] | None = None  # -> (session id, extranonce1)
+    on_subscribed: Callable[["Session", str], None] | None = None             # (session, difficulty sub id)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -172,15 +173,13 @@ class Session:
         params = req.params
         user_agent = _optional_str(params, 0, "user agent", req.id)
         requested = _optional_str(params, 1, "session id", req.id)
-        resumed = False
-        extranonce1 = None
-        if requested and self.services.resume is not None:
-            extranonce1 = self.services.resume(requested)
-            resumed = extranonce1 is not None
-        if extranonce1 is None:
-            extranonce1 = f"{self.services.allocator.allocate():016x}"
-        session = requested if resumed else uuid.uuid4().hex
-        difficulty_sub_id = f"d{session[1:]}" if session[0] != "d" else f"e{session[1:]}"
+        found = self.services.resume(requested, self) if requested and self.services.resume else None
+        resumed = found is not None
+        if found is not None:
+            session, extranonce1 = found
+        else:
+            session, extranonce1 = uuid.uuid4().hex, f"{self.services.allocator.allocate():016x}"
+        difficulty_sub_id = session + "d"   # distinct from the session (notify) id, and derived from it
         self.subscribed = True
         self.session_id = session
         self.extranonce1 = extranonce1
@@ -189,6 +188,8 @@ class Session:
             self.difficulty = self._bounded(self.suggested)
         self.services.recorder.subscribed(self.connection_id, session, difficulty_sub_id, extranonce1,
                                           self.services.extranonce2_size, user_agent, requested, resumed)
+        if self.services.on_subscribed is not None:
+            self.services.on_subscribed(self, difficulty_sub_id)
         result = [[["mining.set_difficulty", difficulty_sub_id], ["mining.notify", session]], extranonce1,
                   self.services.extranonce2_size]
         lines = [rpc.encode_result(req.id, result), self._set_difficulty(self.difficulty)]

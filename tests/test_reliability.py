@@ -154,3 +154,31 @@ def test_subscribe_fails_cleanly_when_reserve_is_empty_and_database_down(start_s
         embedded_pg.start()
         for client in clients:
             client.close()
+
+
+def test_session_resumption_same_process_across_processes_and_restarts(start_server, db):
+    a = start_server()
+    with StratumClient(a.host, a.port) as first:
+        original = first.subscribe()
+        # reconnect while the old connection is still open: the old one is closed, the extranonce1 comes back
+        with StratumClient(a.host, a.port) as second:
+            again = second.subscribe("ua", original.session_id)
+            assert again.extranonce1 == original.extranonce1 and again.session_id == original.session_id
+            with pytest.raises((ConnectionError, OSError)):
+                first.authorize("old-connection")
+                first.read_message(3)
+            # the difficulty subscription id works as well (some firmware sends that one back)
+    with StratumClient(a.host, a.port) as third:
+        assert third.subscribe("ua", original.difficulty_sub_id).extranonce1 == original.extranonce1
+    # another process on the same database, after the first one stopped
+    a.stop()
+    b = start_server()
+    with StratumClient(b.host, b.port) as fourth:
+        assert fourth.subscribe("ua", original.session_id).extranonce1 == original.extranonce1
+        # an unknown or forged session id gets a fresh extranonce1
+    with StratumClient(b.host, b.port) as fifth:
+        assert fifth.subscribe("ua", "f" * 32).extranonce1 != original.extranonce1
+    b.stop()   # flushes its rows
+    rows = query(db, "SELECT count(*) FILTER (WHERE resumed), count(*) FILTER (WHERE NOT resumed) "
+                     "FROM subscriptions WHERE extranonce1 = %s", original.extranonce1)
+    assert rows == [(3, 1)]

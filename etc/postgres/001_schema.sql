@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 -- A fresh extranonce1 is never handed out twice; a resumed session reuses its own.
 CREATE UNIQUE INDEX IF NOT EXISTS subscriptions_extranonce1_fresh_key ON subscriptions (extranonce1) WHERE NOT resumed;
 CREATE INDEX IF NOT EXISTS subscriptions_session_id_idx ON subscriptions (session_id);
+CREATE INDEX IF NOT EXISTS subscriptions_difficulty_sub_id_idx ON subscriptions (difficulty_sub_id);
 CREATE INDEX IF NOT EXISTS subscriptions_connection_id_idx ON subscriptions (connection_id);
 
 -- One row per mining.authorize request. The password is NOT stored: miners put their pool-account password or

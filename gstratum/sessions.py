@@ -1,0 +1,54 @@
+"""Session resumption: a miner that reconnects with its subscription id gets its extranonce1 back.
+
+Looked up first among this process's own recent sessions (fast, and covers rows still in the writer queue), then in
+PostgreSQL, so it works across processes and restarts. Only sessions subscribed within `window` seconds resume.
+A session id is a random 128-bit value handed only to that miner, so it cannot be guessed to steal an extranonce1.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+import psycopg2
+
+log = logging.getLogger(__name__)
+
+
+class SessionDirectory:
+    def __init__(self, db, window: float, capacity: int = 200_000, clock=time.time) -> None:
+        self.db = db
+        self.window = window
+        self.capacity = capacity
+        self.clock = clock
+        self._recent: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+
+    def remember(self, session_id: str, difficulty_sub_id: str, extranonce1: str) -> None:
+        now = self.clock()
+        for key in (session_id, difficulty_sub_id):
+            self._recent[key] = (session_id, extranonce1, now)
+            self._recent.move_to_end(key)
+        while len(self._recent) > self.capacity:
+            self._recent.popitem(last=False)
+
+    def lookup(self, requested: str) -> tuple[str, str] | None:
+        """(session id, extranonce1) of a resumable session named by either subscription id, or None."""
+        if not requested or len(requested) > 64:
+            return None
+        hit = self._recent.get(requested)
+        if hit is not None and self.clock() - hit[2] <= self.window:
+            return hit[0], hit[1]
+        if self.db is None:
+            return None
+        try:
+            with self.db.connection() as conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT session_id, extranonce1 FROM subscriptions "
+                    "WHERE (session_id = %s OR difficulty_sub_id = %s) "
+                    "AND subscribed_at > now() - make_interval(secs => %s) "
+                    "ORDER BY subscribed_at DESC LIMIT 1", (requested, requested, self.window))
+                row = cur.fetchone()
+        except psycopg2.Error as exc:
+            log.warning("session lookup failed (%s); the miner gets a fresh extranonce1", exc)
+            return None
+        return (row[0], row[1]) if row else None
