@@ -38,28 +38,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import Pool
     from .tuning import tune_process
 
+    from . import takeover
+
     tune_process()
     pool = Pool(cfg)
     stopped = gevent.event.Event()
+    draining = gevent.event.Event()
 
     def request_stop(signum):
         log.info("signal %s: stopping", signal.Signals(signum).name)
         stopped.set()
 
+    def request_successor(signum):
+        log.info("signal SIGHUP: starting a successor to take over")
+        takeover.spawn_successor(pool.server.listener)
+
+    def request_drain(signum):
+        log.info("signal SIGUSR1: a successor is listening; draining")
+        draining.set()
+        stopped.set()
+
     gevent.signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
+    gevent.signal_handler(signal.SIGHUP, request_successor, signal.SIGHUP)
+    gevent.signal_handler(signal.SIGUSR1, request_drain, signal.SIGUSR1)
+    pidfile = cfg.pidfile or takeover.pidfile_for(cfg.port)
     try:
         pool.start()
     except Exception:
         log.exception("start-up failed")
         pool.stop()
         return 1
+    takeover.signal_predecessor(args.takeover, pidfile)
+    takeover.write_pidfile(pidfile)
     import gc
 
     gc.collect()
     gc.freeze()  # start-up objects leave the collector's view: no long pauses scanning them later
     stopped.wait()
+    if draining.is_set():
+        pool.server.drain(cfg.drain_period, cfg.drain_deadline)
     pool.stop()
+    takeover.remove_pidfile(pidfile)
     return 0
 
 
@@ -74,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pool server")
     config_module.add_server_flags(run)
+    run.add_argument("--takeover", action="store_true",
+                     help="bind the port beside a running server (SO_REUSEPORT) and make it drain its miners to us")
     run.set_defaults(func=cmd_run)
     client = sub.add_parser("client", help="connect, subscribe, authorize, validate; optionally mine")
     from .client_cli import add_flags

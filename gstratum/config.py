@@ -45,6 +45,9 @@ class Config:
     journal_dir: Path = Path(".gstratum/journal")
     db_wait: float = 60.0
     resume_window: float = 3600.0
+    drain_period: float = 10.0
+    drain_deadline: float = 60.0
+    pidfile: Path | None = None
     fake_txs: int = 0
     nbits: str = "207fffff"
     clean_every: int = 4
@@ -96,7 +99,8 @@ def _check(ok: bool, name: str, why: str) -> None:
 
 
 def _convert(name: str, kind, raw):
-    converter = {"int": int, "float": float, "str": str, "Path": Path, "str | None": str}.get(str(kind), str)
+    converter = {"int": int, "float": float, "str": str, "Path": Path, "str | None": str,
+                 "Path | None": Path}.get(str(kind), str)
     try:
         return converter(raw)
     except (TypeError, ValueError) as exc:
@@ -141,6 +145,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="spill journal folder for rows the database cannot take (default .gstratum/journal)")
     add("--resume-window", dest="resume_window", type=float,
         help="a miner reconnecting with its session id within this many seconds keeps its extranonce1 (3600)")
+    add("--drain-period", dest="drain_period", type=float,
+        help="on takeover, spread client.reconnect over this many seconds (default 10)")
+    add("--pidfile", type=Path, help="pidfile used by --takeover (default .gstratum/gstratum-PORT.pid)")
     add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
     add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
     add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")

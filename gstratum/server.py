@@ -16,6 +16,8 @@ from .greenlets import LoggedPool, spawn_logged
 from .limits import CostPolicy
 from .jobs import Job
 from .session import Session, Services
+from .takeover import make_listener
+from . import rpc
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ class StratumServer:
         return self._server.address
 
     def start(self) -> None:
-        self._server = StreamServer((self.config.host, self.config.port), self._handle, spawn=self.handlers,
-                                    backlog=2048)
+        self.listener = make_listener(self.config.host, self.config.port)
+        self._server = StreamServer(self.listener, self._handle, spawn=self.handlers)
         self._server.start()
         self._sweeper = spawn_logged(self._sweep_forever, name="sweeper")
         log.info("stratum listening on %s:%d", *self._server.address[:2])
@@ -152,6 +154,30 @@ class StratumServer:
         log.info("notify job=%s clean=%s miners=%d fanout=%.1fms", job.job_id, job.clean_jobs, reached,
                  elapsed * 1000)
         return reached
+
+    def drain(self, period: float, deadline: float, public_host: str | None = None) -> None:
+        """Hand miners over to a successor: stop accepting, send each `client.reconnect` (spread over `period`
+        seconds so they do not all arrive at once), close those that do not leave by themselves, and return when
+        all are gone or `deadline` seconds have passed."""
+        started = time.monotonic()
+        if self._server is not None:
+            self._server.close()
+        conns = sorted(self.connections, key=lambda c: not c.session.subscribed)
+        step = period / max(len(conns), 1)
+        log.info("draining %d miners over %.1fs", len(conns), period)
+        for conn in conns:
+            if conn.close_reason is None:
+                try:
+                    host, port = conn.sock.getsockname()[:2]
+                except OSError:
+                    continue
+                conn.outbox.send(rpc.encode_notification("client.reconnect", [public_host or host, port, 0]))
+                gevent.spawn_later(2.0, conn.abort, "reconnect requested (takeover)")
+            if step:
+                gevent.sleep(step)
+        while self.connections and time.monotonic() - started < deadline:
+            gevent.sleep(0.1)
+        log.info("drained in %.1fs, %d miners left", time.monotonic() - started, len(self.connections))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, then close every miner (each close is recorded)."""

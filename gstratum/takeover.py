@@ -1,0 +1,93 @@
+"""Zero-downtime restart: a successor process takes the listening socket, the old one drains its miners.
+
+SIGHUP: the running server starts its successor with the same arguments and hands it the listening socket itself
+(inherited file descriptor), so not one connection attempt is refused: both processes accept from the same kernel
+queue until the old one stops. `run --takeover`: a server started by hand binds the same port with SO_REUSEPORT and
+tells the process named in the pidfile to drain (connections still queued on the old socket when it closes are
+reset by the kernel unless `net.ipv4.tcp_migrate_req=1`; the SIGHUP path has no such window).
+Either way the successor signals its predecessor with SIGUSR1 once it is listening, and the predecessor sends
+`client.reconnect` to its miners spread over a period, flushes its writer and exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import gevent.socket
+
+log = logging.getLogger(__name__)
+
+LISTEN_FD_ENV = "GSTRATUM_LISTEN_FD"
+PREDECESSOR_ENV = "GSTRATUM_TAKEOVER_PID"
+
+
+def make_listener(host: str, port: int, backlog: int = 2048):
+    """The Stratum listening socket: inherited from a predecessor if one handed it over, else bound here with
+    SO_REUSEPORT so a successor can bind the same port."""
+    inherited = os.environ.pop(LISTEN_FD_ENV, None)
+    if inherited is not None:
+        sock = gevent.socket.socket(fileno=int(inherited))
+        log.info("listening socket inherited from the previous process (fd %s)", inherited)
+        return sock
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
+
+
+def spawn_successor(listener) -> subprocess.Popen:
+    """Start `python -m gstratum <same arguments>` with our listening socket; it signals us when it listens."""
+    fd = listener.fileno()
+    os.set_inheritable(fd, True)
+    env = dict(os.environ, **{LISTEN_FD_ENV: str(fd), PREDECESSOR_ENV: str(os.getpid())})
+    child = subprocess.Popen([sys.executable, "-m", "gstratum", *sys.argv[1:]], env=env, pass_fds=(fd,),
+                             start_new_session=True)
+    log.info("takeover: started successor pid %d", child.pid)
+    return child
+
+
+def pidfile_for(port: int, directory: Path = Path(".gstratum")) -> Path:
+    return directory / f"gstratum-{port}.pid"
+
+
+def write_pidfile(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def remove_pidfile(path: Path) -> None:
+    try:
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def signal_predecessor(takeover_flag: bool, pidfile: Path) -> int | None:
+    """Tell the process we replace to drain: the one that spawned us, or (--takeover) the one in the pidfile."""
+    pid = os.environ.pop(PREDECESSOR_ENV, None)
+    if pid is None and takeover_flag:
+        try:
+            pid = pidfile.read_text().strip()
+        except OSError:
+            log.warning("takeover: no pidfile %s; nothing to take over", pidfile)
+            return None
+    if pid is None:
+        return None
+    try:
+        os.kill(int(pid), signal.SIGUSR1)
+    except (ProcessLookupError, ValueError) as exc:
+        log.warning("takeover: predecessor %s not signalled: %s", pid, exc)
+        return None
+    log.info("takeover: asked pid %s to drain", pid)
+    return int(pid)
