@@ -14,8 +14,10 @@ from .db import Database
 from .embedded_pg import EmbeddedPostgres
 from .greenlets import spawn_logged
 from .journal import Journal
-from .jobs import JobBook, JobSource, RandomJobSource
-from .records import Recorder, make_server_id
+from .cluster import SESSIONS_CHANNEL, Cluster
+from .jobs import JobBook, RandomJobSource
+from .jobstream import JobStream
+from .records import make_server_id, Recorder
 from .server import StratumServer
 from .sessions import SessionDirectory
 from .session import Services
@@ -24,41 +26,6 @@ from .vardiff import VardiffPolicy
 from .writer import Writer
 
 log = logging.getLogger(__name__)
-
-
-class JobLoop:
-    """Every `interval` seconds: build a job, record it, broadcast it. Every `clean_every`-th job is a new block."""
-
-    def __init__(self, source: JobSource, book: JobBook, server: StratumServer, recorder: Recorder,
-                 interval: float, clean_every: int = 4) -> None:
-        self.source = source
-        self.book = book
-        self.server = server
-        self.recorder = recorder
-        self.interval = interval
-        self.clean_every = clean_every
-        self.count = 0
-        self._greenlet = None
-
-    def new_job(self) -> None:
-        job = self.source.next_job(clean_jobs=self.count % self.clean_every == 0)
-        self.count += 1
-        self.book.add(job)
-        self.recorder.job(job)
-        self.server.broadcast(job)
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(self.interval)
-            self.new_job()
-
-    def start(self) -> None:
-        self.new_job()
-        self._greenlet = spawn_logged(self._run, name="job-loop")
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
 
 
 class Pool:
@@ -71,7 +38,8 @@ class Pool:
         self.writer: Writer | None = None
         self.allocator: SequenceAllocator | None = None
         self.server: StratumServer | None = None
-        self.job_loop: JobLoop | None = None
+        self.job_stream: JobStream | None = None
+        self.cluster: Cluster | None = None
         self.stats = PoolStats()
 
     def database_url(self) -> str:
@@ -126,8 +94,14 @@ class Pool:
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
                                  witness_commitment=bool(cfg.witness_commitment))
-        self.job_loop = JobLoop(source, book, self.server, recorder, cfg.notify_interval, cfg.clean_every)
-        self.job_loop.start()
+        self.job_stream = JobStream(source, book, self.server.broadcast, recorder, cfg.notify_interval,
+                                    cfg.clean_every, db=self.db)
+        self.cluster = Cluster(self.db.url, server_id, self.job_stream.on_published, self.server.session_taken)
+        self.job_stream.cluster = self.cluster
+        self.server.publish_session = lambda session_id: Cluster.publish(
+            self.db, SESSIONS_CHANNEL, {"from": server_id, "session": session_id})
+        self.cluster.start(spawn=lambda f: spawn_logged(f, name="cluster-listen"))
+        self.job_stream.start()
         self.server.start()
         spawn_logged(self._log_stats, name="stats-log")
 
@@ -146,8 +120,10 @@ class Pool:
         started = time.monotonic()
         if self.server is not None:
             self.server.stop()
-        if self.job_loop is not None:
-            self.job_loop.stop()
+        if self.job_stream is not None:
+            self.job_stream.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.allocator is not None:
             self.allocator.stop()
         flushed = self.writer.stop() if self.writer is not None else True

@@ -68,6 +68,26 @@ class Job:
         return self._template
 
 
+JOB_FIELDS = ("job_id", "prevhash", "coinb1", "coinb2", "merkle_branch", "version", "nbits", "ntime", "clean_jobs",
+              "height", "created_at")
+
+
+def job_to_dict(job: Job) -> dict:
+    return {name: (list(job.merkle_branch) if name == "merkle_branch" else getattr(job, name)) for name in JOB_FIELDS}
+
+
+def job_from_dict(data: dict) -> Job:
+    """A job published by the leader; raises ValueError/KeyError/TypeError on anything malformed."""
+    values = {name: data[name] for name in JOB_FIELDS}
+    values["merkle_branch"] = tuple(values["merkle_branch"])
+    for name in ("job_id", "prevhash", "coinb1", "coinb2", "version", "nbits", "ntime"):
+        if not isinstance(values[name], str):
+            raise TypeError(f"job field {name} must be a string")
+    bytes.fromhex(values["prevhash"] + values["coinb1"] + values["coinb2"] + values["version"] + values["nbits"]
+                  + values["ntime"] + "".join(values["merkle_branch"]))
+    return Job(**values)
+
+
 class JobSource(Protocol):
     """Builds the next job. The randomized source is the default; a block-template source can replace it."""
 

@@ -38,6 +38,7 @@ class StratumServer:
         self.drops: dict[str, int] = {}
         self.by_session: dict[str, Connection] = {}
         self.directory = None           # gstratum.sessions.SessionDirectory, when resumption is on
+        self.publish_session = None     # tells other processes that a session moved here (cluster)
         self._sweeper = None
 
     @property
@@ -95,12 +96,18 @@ class StratumServer:
         found = self.directory.lookup(requested)
         if found is None:
             return None
-        old = self.by_session.get(found[0])
-        if old is not None and old.session is not session:
+        self.session_taken(found[0], keep=session)
+        if self.publish_session is not None:
+            self.publish_session(found[0])
+        return found
+
+    def session_taken(self, session_id: str | None, keep: Session | None = None) -> None:
+        """A session resumed elsewhere (here, or in another process): close its old connection here, if any."""
+        old = self.by_session.get(session_id) if session_id else None
+        if old is not None and old.session is not keep:
             self.dropped("resumed")
             old.abort("session resumed by a new connection")
             self.subscribed.discard(old)
-        return found
 
     def on_subscribed(self, session: Session, difficulty_sub_id: str) -> None:
         if self.directory is not None:

@@ -48,12 +48,12 @@ def test_retried_batch_does_not_duplicate(schema, tmp_path, db):
 def test_sql_metacharacters_are_stored_verbatim(schema, tmp_path, db):
     writer, recorder = make(schema, tmp_path)
     nasty = "x'); DROP TABLE shares; --"
-    recorder.authorized("00000000000000000000000000000003", nasty, "127.0.0.1", True)
-    recorder.share("00000000000000000000000000000003", nasty, "job'--", "00000000", "00000000", "00000000", None,
-                   1.0, None, 21)
+    conn_id = f"{time.time_ns():032x}"
+    recorder.authorized(conn_id, nasty, "127.0.0.1", True)
+    recorder.share(conn_id, nasty, "job'--", "00000000", "00000000", "00000000", None, 1.0, None, 21)
     assert writer._flush_queue() is True
-    assert query(db, "SELECT worker FROM authorizations WHERE worker = %s", nasty) == [(nasty,)]
-    assert query(db, "SELECT job_id FROM shares WHERE worker = %s", nasty) == [("job'--",)]
+    assert query(db, "SELECT worker FROM authorizations WHERE connection_id = %s", conn_id) == [(nasty,)]
+    assert query(db, "SELECT worker, job_id FROM shares WHERE connection_id = %s", conn_id) == [(nasty, "job'--")]
     assert query(db, "SELECT to_regclass('shares') IS NOT NULL") == [(True,)]
 
 
