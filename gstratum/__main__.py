@@ -13,6 +13,7 @@ patch_psycopg()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
@@ -41,6 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import takeover
 
     tune_process()
+    if config_module.worker_count(cfg) > 1:
+        return _run_workers(cfg)
     pool = Pool(cfg)
     stopped = gevent.event.Event()
     draining = gevent.event.Event()
@@ -62,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     gevent.signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
     gevent.signal_handler(signal.SIGHUP, request_successor, signal.SIGHUP)
     gevent.signal_handler(signal.SIGUSR1, request_drain, signal.SIGUSR1)
-    pidfile = cfg.pidfile or takeover.pidfile_for(cfg.port)
+    worker = os.environ.get("GSTRATUM_WORKER")
+    pidfile = cfg.pidfile or takeover.pidfile_for(cfg.port, suffix=f"-worker{worker}" if worker else "")
     try:
         pool.start()
     except Exception:
@@ -81,6 +85,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     pool.stop()
     takeover.remove_pidfile(pidfile)
     return 0
+
+
+def _run_workers(cfg) -> int:
+    """The supervisor: resolve the database once (embedded if no URL), then run N workers on it."""
+    from .app import Pool
+    from .workers import supervise
+
+    holder = Pool(cfg)
+    url = holder.database_url()
+    try:
+        return supervise(config_module.worker_count(cfg), url, sys.argv[1:])
+    finally:
+        if holder.embedded is not None and holder.embedded.started_here:
+            holder.embedded.stop()
 
 
 def cmd_client(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
+    """Every setting of a server process; see README "Configuration"."""
+
     host: str = "0.0.0.0"
     port: int = 3333
     database_url: str | None = None
@@ -48,6 +50,7 @@ class Config:
     drain_period: float = 10.0
     drain_deadline: float = 60.0
     pidfile: Path | None = None
+    workers: str = "1"
     fake_txs: int = 0
     nbits: str = "207fffff"
     clean_every: int = 4
@@ -148,6 +151,7 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--drain-period", dest="drain_period", type=float,
         help="on takeover, spread client.reconnect over this many seconds (default 10)")
     add("--pidfile", type=Path, help="pidfile used by --takeover (default .gstratum/gstratum-PORT.pid)")
+    add("--workers", help="worker processes sharing the port with SO_REUSEPORT: a number or auto (default 1)")
     add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
     add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
     add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")
@@ -159,3 +163,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--payout-script", dest="payout_script", help="coinbase output script, hex (default 51, OP_TRUE)")
     add("--witness-commitment", dest="witness_commitment", type=int, choices=[0, 1],
         help="add a witness commitment output to the coinbase (default 0)")
+
+
+def worker_count(cfg: Config) -> int:
+    if cfg.workers == "auto":
+        return os.cpu_count() or 1
+    return int(cfg.workers)

@@ -54,8 +54,8 @@ def spawn_successor(listener) -> subprocess.Popen:
     return child
 
 
-def pidfile_for(port: int, directory: Path = Path(".gstratum")) -> Path:
-    return directory / f"gstratum-{port}.pid"
+def pidfile_for(port: int, directory: Path = Path(".gstratum"), suffix: str = "") -> Path:
+    return directory / f"gstratum-{port}{suffix}.pid"
 
 
 def write_pidfile(path: Path) -> None:

@@ -1,0 +1,105 @@
+"""`run --workers N`: a supervisor process and N pre-forked worker processes, each with its own gevent hub.
+
+Every worker binds the Stratum port with SO_REUSEPORT, so the kernel spreads new connections over them; extranonce1
+stays unique because all allocate from the same PostgreSQL sequence, and one job stream reaches all of them through
+the cluster's LISTEN/NOTIFY. The supervisor starts the embedded PostgreSQL if no URL is given, restarts a worker that
+dies, forwards SIGTERM/SIGINT, and on SIGHUP replaces the workers one by one (start the new one, then let the old
+one drain its miners with client.reconnect).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gevent
+import gevent.event
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = "GSTRATUM_WORKER"
+
+
+def worker_argv(argv: list[str], database_url: str) -> list[str]:
+    """Our own command line with --workers and --takeover removed and the resolved database URL added."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--workers", "--database-url"):
+            skip = True
+            continue
+        if arg.startswith(("--workers=", "--database-url=")) or arg == "--takeover":
+            continue
+        out.append(arg)
+    return out + ["--workers", "1", "--database-url", database_url]
+
+
+class Supervisor:
+    def __init__(self, count: int, argv: list[str]) -> None:
+        self.count = count
+        self.argv = argv
+        self.workers: dict[int, subprocess.Popen] = {}
+        self.stopping = False
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> subprocess.Popen:
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        proc = subprocess.Popen([sys.executable, "-m", "gstratum", *self.argv], env=env)
+        log.info("worker %d started (pid %d)", index, proc.pid)
+        return proc
+
+    def start(self) -> None:
+        for index in range(self.count):
+            self.workers[index] = self._spawn(index)
+
+    def watch(self) -> None:
+        """Restart workers that die while we are not stopping (at most one restart per second per worker)."""
+        while not self.stopping:
+            gevent.sleep(1.0)
+            for index, proc in list(self.workers.items()):
+                code = proc.poll()
+                if code is not None and not self.stopping:
+                    self.restarts += 1
+                    log.error("worker %d (pid %d) exited with %s; restarting", index, proc.pid, code)
+                    self.workers[index] = self._spawn(index)
+
+    def rolling_restart(self) -> None:
+        """SIGHUP: for each worker, start its replacement, then ask the old one to drain (SIGUSR1)."""
+        for index, old in list(self.workers.items()):
+            self.workers[index] = self._spawn(index)
+            time.sleep(1.0)   # let the new worker bind before the old one stops accepting
+            old.send_signal(signal.SIGUSR1)
+            log.info("worker %d: pid %d replaced by pid %d", index, old.pid, self.workers[index].pid)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+        self.stopping = True
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+        deadline = time.monotonic() + timeout
+        for proc in self.workers.values():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+
+
+def supervise(count: int, database_url: str, argv: list[str]) -> int:
+    supervisor = Supervisor(count, worker_argv(argv, database_url))
+    stopped = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stopped.set)
+    gevent.signal_handler(signal.SIGINT, stopped.set)
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(supervisor.rolling_restart))
+    supervisor.start()
+    watcher = gevent.spawn(supervisor.watch)
+    stopped.wait()
+    log.info("stopping %d workers", len(supervisor.workers))
+    watcher.kill()
+    supervisor.stop()
+    return 0
