@@ -192,15 +192,13 @@ class StratumClient:
             return message["result"]
 
     def wait_for(self, method: str, timeout: float | None = None, after: int = 0) -> dict:
-        """Wait for the next notification `method` beyond the first `after` already seen."""
+        """The (after+1)-th notification `method` received on this connection, waiting for it if need be."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        seen = [m for m in self.state.notifications if m.get("method") == method]
-        if len(seen) > after:
-            return seen[after]
         while True:
-            message = self.read_message(max(deadline - time.monotonic(), 0.001))
-            if message.get("method") == method:
-                return message
+            seen = [m for m in self.state.notifications if m.get("method") == method]
+            if len(seen) > after:
+                return seen[after]
+            self.read_message(max(deadline - time.monotonic(), 0.001))
 
     # -- Stratum -----------------------------------------------------------------------------------------------
     def subscribe(self, user_agent: str = "gstratum-client/0.1", session: str | None = None) -> Subscription:
