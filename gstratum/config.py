@@ -51,6 +51,7 @@ class Config:
     drain_deadline: float = 60.0
     pidfile: Path | None = None
     workers: str = "1"
+    proxy_protocol: int = 0
     fake_txs: int = 0
     nbits: str = "207fffff"
     clean_every: int = 4
@@ -152,6 +153,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="on takeover, spread client.reconnect over this many seconds (default 10)")
     add("--pidfile", type=Path, help="pidfile used by --takeover (default .gstratum/gstratum-PORT.pid)")
     add("--workers", help="worker processes sharing the port with SO_REUSEPORT: a number or auto (default 1)")
+    add("--proxy-protocol", dest="proxy_protocol", action="store_const", const=1,
+        help="expect a HAProxy PROXY v1/v2 header on every connection and record the address it names")
     add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
     add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
     add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")

@@ -109,10 +109,13 @@ class Connection:
         self._charged_requests = 0
         self._charged_errors = 0
 
-    def serve(self) -> None:
-        """Read until the miner leaves, the line cap is broken, or the server closes us."""
+    def serve(self, initial: bytes = b"") -> None:
+        """Read until the miner leaves, the line cap is broken, or the server closes us. `initial`: bytes that
+        arrived with a PROXY protocol header."""
         sock = self.sock
         try:
+            if initial:
+                self._handle(initial)
             while self.close_reason is None:
                 try:
                     data = sock.recv(RECV_SIZE)

@@ -17,7 +17,7 @@ from .limits import CostPolicy
 from .jobs import Job
 from .session import Session, Services
 from .takeover import make_listener
-from . import rpc
+from . import proxy_protocol, rpc
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,33 @@ class StratumServer:
         except OSError:
             pass
 
+    def _read_proxy_header(self, sock, address, timeout: float = 5.0):
+        """(real address, bytes after the header), or None when the header is missing or malformed."""
+        buffer = b""
+        try:
+            with gevent.Timeout(timeout):
+                while True:
+                    parsed = proxy_protocol.parse(buffer)
+                    if parsed is not None:
+                        source, length = parsed
+                        return (source or address[:2]), buffer[length:]
+                    data = sock.recv(4096)
+                    if not data:
+                        return None
+                    buffer += data
+        except proxy_protocol.ProxyHeaderError as exc:
+            log.warning("closing %s:%s: %s", address[0], address[1], exc)
+        except (gevent.Timeout, OSError):
+            log.warning("closing %s:%s: no PROXY protocol header within %.0fs", address[0], address[1], timeout)
+        return None
+
     def _handle(self, sock, address) -> None:
+        initial = b""
+        if self.config.proxy_protocol:
+            header = self._read_proxy_header(sock, address)
+            if header is None:
+                return self._refuse(sock, "proxy header")
+            address, initial = header
         remote_addr, remote_port = address[0], address[1]
         if len(self.connections) >= self.config.max_connections:
             return self._refuse(sock, "cap")
@@ -81,7 +107,7 @@ class StratumServer:
         self.connections.add(conn)
         self.recorder.connection_opened(connection_id, remote_addr, remote_port, self.address[1])
         log.debug("connected %s from %s:%d", connection_id, remote_addr, remote_port)
-        conn.serve()
+        conn.serve(initial)
 
     def now_subscribed(self, conn: Connection) -> None:
         if conn in self.connections:

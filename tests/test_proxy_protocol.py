@@ -1,0 +1,124 @@
+"""PROXY protocol v1/v2 parsing (sans-IO) and behind a real HAProxy."""
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gstratum.client import StratumClient
+from gstratum.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse
+
+from .conftest import free_port, query
+
+
+def v2(source: str, port: int, command: int = 1, tlv: bytes = b"") -> bytes:
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in source else socket.AF_INET, source)
+    family = 0x21 if ":" in source else 0x11
+    body = packed + packed + struct.pack("!HH", port, 3333) + tlv
+    return V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(body)) + body
+
+
+def test_v1_tcp4_and_tcp6():
+    header = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 3333\r\n"
+    assert parse(header + b"{") == (("198.51.100.7", 40000), len(header))
+    header = b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 3333\r\n"
+    assert parse(header) == (("2001:db8::7", 40000), len(header))
+    assert parse(b"PROXY UNKNOWN\r\n") == (None, 15)
+
+
+def test_v2_with_tlvs_and_local():
+    header = v2("203.0.113.9", 51000, tlv=b"\x01\x00\x02h2")
+    assert parse(header + b'{"id":1}') == (("203.0.113.9", 51000), len(header))
+    assert parse(v2("2001:db8::9", 1)) == (("2001:db8::9", 1), len(v2("2001:db8::9", 1)))
+    assert parse(v2("203.0.113.9", 1, command=0))[0] is None
+
+
+@pytest.mark.parametrize("data", [b"GET / HTTP/1.0\r\n", b'{"id": 1, "method": "mining.subscribe"}\n',
+                                  b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n", b"PROXY TCP4 ::1 ::1 1 1\r\n",
+                                  b"PROXY " + b"x" * 120, V2_SIGNATURE + b"\x31\x11\x00\x0c" + bytes(12)])
+def test_garbage_is_refused(data):
+    with pytest.raises(ProxyHeaderError):
+        parse(data)
+
+
+@given(st.binary(max_size=80), st.integers(1, 27))  # the v2 TCP4 header is 28 bytes
+def test_any_split_of_a_header_parses_the_same(tail, cut):
+    header = v2("192.0.2.44", 4444)
+    full = parse(header + tail)
+    assert full == (("192.0.2.44", 4444), len(header))
+    assert parse(header[:cut]) is None
+
+
+@given(st.binary(max_size=120))
+def test_arbitrary_bytes_never_raise_anything_else(data):
+    try:
+        parse(data)
+    except ProxyHeaderError:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None,
+                    reason="Debian's haproxy is not installed (.ci/run installs it with apt-get when it can)")
+def test_behind_haproxy_two_servers_one_job_stream_real_addresses(start_server, tmp_path, db):
+    a = start_server("--proxy-protocol", "--notify-interval", "1")
+    b = start_server("--proxy-protocol", "--notify-interval", "1")
+    front = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""
+global
+    maxconn 2000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend stratum
+    bind 127.0.0.1:{front}
+    default_backend pool
+backend pool
+    balance roundrobin
+    server a 127.0.0.1:{a.port} send-proxy-v2
+    server b 127.0.0.1:{b.port} send-proxy
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", front), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "haproxy did not start"
+                time.sleep(0.1)
+        clients = [StratumClient("127.0.0.1", front, source_address=(f"127.0.0.{10 + i}", 0)) for i in range(6)]
+        subs = [c.subscribe() for c in clients]
+        assert len({s.extranonce1 for s in subs}) == 6
+        # one job stream: every miner, on either server, soon works on the same job
+        ids = [{m["params"][0] for m in (c.wait_for("mining.notify", after=2, timeout=10) and
+                                         c.state.notifications) if m["method"] == "mining.notify"} for c in clients]
+        assert set.intersection(*ids), ids
+        time.sleep(0.5)
+        rows = query(db, "SELECT host(c.remote_addr), c.server_id FROM connections c JOIN subscriptions s "
+                         "ON s.connection_id = c.id WHERE s.extranonce1 = ANY(%s)", [s.extranonce1 for s in subs])
+        assert sorted(r[0] for r in rows) == sorted(f"127.0.0.{10 + i}" for i in range(6))
+        assert len({r[1] for r in rows}) == 2     # both servers took miners
+        for c in clients:
+            c.close()
+    finally:
+        haproxy.terminate()
+        haproxy.wait(10)
+
+
+def test_without_header_the_connection_is_closed(start_server):
+    server = start_server("--proxy-protocol")
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(b'{"id": 1, "method": "mining.subscribe", "params": []}\n')
+        s.settimeout(5)
+        assert s.recv(100) == b""
+    assert "PROXY protocol header" in server.log()
