@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "etc" / "postgres"
 SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting together apply the schema one at a time
 
+SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizations", "jobs", "shares", "blocks",
+                  "extranonce1_seq")
+
 # Errors after which a connection may be broken: drop it rather than return it to the pool.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
@@ -64,8 +67,19 @@ class Database:
             else:
                 self._idle.append(conn)
 
+    def schema_present(self) -> bool:
+        """True when every table and the sequence exist: a least-privilege role then needs no DDL."""
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT bool_and(to_regclass(name) IS NOT NULL) FROM unnest(%s::text[]) AS name",
+                        (list(SCHEMA_OBJECTS),))
+            return bool(cur.fetchone()[0])
+
     def apply_schema(self, schema_dir: Path = SCHEMA_DIR) -> None:
-        """Run every etc/postgres/*.sql in name order; they are idempotent (IF NOT EXISTS)."""
+        """Run every etc/postgres/*.sql in name order; they are idempotent (IF NOT EXISTS). Skipped when the
+        schema is already there, so the server can run as a role that may not create or alter anything."""
+        if self.schema_present():
+            log.info("schema present")
+            return
         files = sorted(schema_dir.glob("*.sql"))
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
