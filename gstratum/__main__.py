@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     gevent.signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
     gevent.signal_handler(signal.SIGHUP, request_successor, signal.SIGHUP)
     gevent.signal_handler(signal.SIGUSR1, request_drain, signal.SIGUSR1)
+    gevent.signal_handler(signal.SIGUSR2, _dump_greenlets)
     worker = os.environ.get("GSTRATUM_WORKER")
     pidfile = cfg.pidfile or takeover.pidfile_for(cfg.port, suffix=f"-worker{worker}" if worker else "")
     try:
@@ -85,6 +86,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     pool.stop()
     takeover.remove_pidfile(pidfile)
     return 0
+
+
+def _dump_greenlets() -> None:
+    """SIGUSR2: log every greenlet's stack, for an operator chasing a stall."""
+    from gevent.util import format_run_info
+
+    log.warning("greenlet dump:\n%s", "\n".join(format_run_info()))
 
 
 def _run_workers(cfg) -> int:

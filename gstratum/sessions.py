@@ -7,12 +7,15 @@ A session id is a random 128-bit value handed only to that miner, so it cannot b
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 
 import psycopg2
 
 log = logging.getLogger(__name__)
+
+_SESSION_ID = re.compile(r"[0-9a-f]{32}d?\Z")   # a uuid4 hex, or it plus "d" for the difficulty subscription
 
 
 class SessionDirectory:
@@ -33,8 +36,8 @@ class SessionDirectory:
 
     def lookup(self, requested: str) -> tuple[str, str] | None:
         """(session id, extranonce1) of a resumable session named by either subscription id, or None."""
-        if not requested or len(requested) > 64:
-            return None
+        if not _SESSION_ID.match(requested):
+            return None     # not one of ours (and never sent to the database)
         hit = self._recent.get(requested)
         if hit is not None and self.clock() - hit[2] <= self.window:
             return hit[0], hit[1]

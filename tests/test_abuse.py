@@ -148,6 +148,9 @@ def test_slow_reader_is_dropped_and_memory_stays_bounded(start_server):
     (b'{"id": 8, "method": "mining.authorize", "params": ["' + b"w" * 300 + b'", "x"]}\n',
      lambda r: r["error"][0] == 20),
     (b'\x00\x00\x00\n', lambda r: r["error"][0] == 20),
+    # a forged session id with a NUL (found by scripts/fuzz_live.py: it used to reach the database and fail)
+    (b'{"id": 11, "method": "mining.subscribe", "params": ["ua", "abc\\u0000def"]}\n',
+     lambda r: r["error"] is None and len(r["result"][1]) == 16),
     (b'[{"id": 9, "method": "mining.subscribe"}]\n', lambda r: r["error"][0] == 20),
     (b'{"id": 10, "method": "mining.subscribe", "params": [' + b'[' * 3000 + b']' * 3000 + b']}\n',
      lambda r: r["error"][0] == 20),
