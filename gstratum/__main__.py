@@ -24,9 +24,10 @@ from . import config as config_module  # noqa: E402
 log = logging.getLogger("gstratum")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from .logs import configure
+
+    configure(level, fmt)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except config_module.ConfigError as exc:
         print(f"gstratum: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(cfg.log_level)
+    _setup_logging(cfg.log_level, cfg.log_format)
     from .app import Pool
     from .tuning import tune_process
 
@@ -92,7 +93,7 @@ def _dump_greenlets() -> None:
     """SIGUSR2: log every greenlet's stack, for an operator chasing a stall."""
     from gevent.util import format_run_info
 
-    log.warning("greenlet dump:\n%s", "\n".join(format_run_info()))
+    print("greenlet dump:\n" + "\n".join(format_run_info()), file=sys.stderr, flush=True)
 
 
 def _run_workers(cfg) -> int:
@@ -103,7 +104,7 @@ def _run_workers(cfg) -> int:
     holder = Pool(cfg)
     url = holder.database_url()
     try:
-        return supervise(config_module.worker_count(cfg), url, sys.argv[1:])
+        return supervise(config_module.worker_count(cfg), url, sys.argv[1:], cfg)
     finally:
         if holder.embedded is not None and holder.embedded.started_here:
             holder.embedded.stop()
@@ -128,6 +129,17 @@ def main(argv: list[str] | None = None) -> int:
 
     add_flags(client)
     client.set_defaults(func=cmd_client)
+    from . import ops_cli
+
+    stats = sub.add_parser("stats", help="print the pool and its top workers from the database")
+    ops_cli.add_stats_flags(stats)
+    stats.set_defaults(func=ops_cli.run_stats)
+    admin = sub.add_parser("admin", help="operator actions through the HTTP API (needs GSTRATUM_ADMIN_TOKEN)")
+    ops_cli.add_admin_flags(admin)
+    admin.set_defaults(func=ops_cli.run_admin)
+    maintain = sub.add_parser("maintain", help="create and drop daily share partitions (run as the table owner)")
+    ops_cli.add_maintain_flags(maintain)
+    maintain.set_defaults(func=ops_cli.run_maintain)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -19,6 +19,7 @@ import psycopg2
 
 from .db import Database
 from .rpc import OTHER, StratumError
+from .greenlets import stop_greenlet
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,7 @@ class SequenceAllocator:
         return self._greenlet
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
+        stop_greenlet(self._greenlet)
 
     def _refill_loop(self) -> None:
         backoff = 0.1

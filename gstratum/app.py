@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import gevent
 import psycopg2
+import ujson
 
 from . import bitcoin
 from .allocator import SequenceAllocator
@@ -14,7 +16,10 @@ from .db import Database
 from .embedded_pg import EmbeddedPostgres
 from .greenlets import spawn_logged
 from .journal import Journal
-from .cluster import SESSIONS_CHANNEL, Cluster
+from . import http
+from .cluster import ADMIN_CHANNEL, SESSIONS_CHANNEL, Cluster
+from .http import StatsApi
+from .retention import Retention
 from .jobs import JobBook, RandomJobSource
 from .jobstream import JobStream
 from .records import make_server_id, Recorder
@@ -23,6 +28,7 @@ from .sessions import SessionDirectory
 from .session import Services
 from .stats import PoolStats
 from .vardiff import VardiffPolicy
+from .workers import WORKER_ENV
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,8 @@ class Pool:
         self.job_stream: JobStream | None = None
         self.cluster: Cluster | None = None
         self.stats = PoolStats()
+        self.http = None
+        self.retention = None
 
     def database_url(self) -> str:
         if self.config.database_url:
@@ -75,6 +83,8 @@ class Pool:
         recorder = Recorder(self.writer.put, server_id)
         self.allocator = SequenceAllocator(self.db, block=cfg.extranonce_block, wait=cfg.subscribe_wait)
         self._wait_for_database()
+        self.retention = Retention(self.db, cfg.retention_days, lambda: self.cluster.is_leader)
+        self.retention.ensure_partitions()   # before the first share, so none lands in shares_default
         self.writer.start(spawn=lambda f: spawn_logged(f, name="writer"))
         self.allocator.start(spawn=lambda f: spawn_logged(f, name="extranonce-refill"))
         book = JobBook()
@@ -96,14 +106,62 @@ class Pool:
                                  witness_commitment=bool(cfg.witness_commitment))
         self.job_stream = JobStream(source, book, self.server.broadcast, recorder, cfg.notify_interval,
                                     cfg.clean_every, db=self.db)
-        self.cluster = Cluster(self.db.url, server_id, self.job_stream.on_published, self.server.session_taken)
+        self.cluster = Cluster(self.db.url, server_id, self.job_stream.on_published, self.server.session_taken,
+                               on_admin=self._on_admin)
         self.job_stream.cluster = self.cluster
         self.server.publish_session = lambda session_id: Cluster.publish(
             self.db, SESSIONS_CHANNEL, {"from": server_id, "session": session_id})
         self.cluster.start(spawn=lambda f: spawn_logged(f, name="cluster-listen"))
         self.job_stream.start()
+        self.writer.on_write = services.metrics.db_write.observe
+        self.metrics = services.metrics
+        self.recorder = recorder
+        self.server_id = server_id
         self.server.start()
         spawn_logged(self._log_stats, name="stats-log")
+        if os.environ.get(WORKER_ENV):
+            spawn_logged(self._write_snapshots, name="snapshots")   # the supervisor serves HTTP for all workers
+        elif cfg.http_port:
+            api = StatsApi(self.db, lambda: [self.snapshot()], admin=self.admin_request, admin_token=cfg.admin_token)
+            self.http = http.serve(api, cfg.http_host, cfg.http_port)
+        self.retention.start(spawn=lambda f: spawn_logged(f, name="retention"))
+
+    def snapshot(self) -> dict:
+        """This process's live numbers, for /metrics and the API (with --workers, summed by the supervisor)."""
+        server, writer = self.server, self.writer
+        return {"at": time.time(), "server_id": self.server_id, "processes": 1,
+                "connections": len(server.connections), "subscribed": len(server.subscribed),
+                "writer_queue": writer.pending, "journal_bytes": writer.journal.bytes_on_disk if writer.journal else 0,
+                "extranonce_reserve": self.allocator.reserve, "counters": self.metrics.counters(),
+                "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent)}
+
+    def _write_snapshots(self, every: float = 2.0) -> None:
+        directory = self.config.runtime_dir / str(self.config.port)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{os.getpid()}.json"
+        try:
+            while True:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(ujson.dumps(self.snapshot()))
+                os.replace(tmp, path)
+                gevent.sleep(every)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def admin_request(self, action: str, worker: str | None, params: dict, source: str) -> dict:
+        """An operator action from the API: recorded, then published so every process applies it to its miners
+        (applied here directly when the database cannot carry it)."""
+        self.recorder.admin_action(action, worker, ujson.dumps(params), source)
+        message = {"action": action, "worker": worker, "params": params}
+        if Cluster.publish(self.db, ADMIN_CHANNEL, message):
+            return {"published": True}
+        return {"published": False, "miners": self.server.admin(action, worker, params)}
+
+    def _on_admin(self, message: dict) -> None:
+        try:
+            self.server.admin(message["action"], message.get("worker"), message.get("params") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignored a malformed admin message: %s", exc)
 
     def _log_stats(self, every: float = 60.0) -> None:
         """One line a minute: miners, writer health and the busiest workers' totals."""
@@ -118,6 +176,10 @@ class Pool:
     def stop(self) -> None:
         """Graceful: stop accepting and close miners, stop making jobs, flush every pending row, release the DB."""
         started = time.monotonic()
+        if self.http is not None:
+            self.http.stop(timeout=1)
+        if self.retention is not None:
+            self.retention.stop()
         if self.server is not None:
             self.server.stop()
         if self.job_stream is not None:

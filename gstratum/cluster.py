@@ -17,21 +17,24 @@ import gevent
 import psycopg2
 import psycopg2.extensions
 import ujson
+from .greenlets import stop_greenlet
 from gevent.socket import wait_read
 
 log = logging.getLogger(__name__)
 
 JOBS_CHANNEL = "gstratum_jobs"
 SESSIONS_CHANNEL = "gstratum_sessions"
+ADMIN_CHANNEL = "gstratum_admin"
 LEADER_LOCK = 0x6A6F626C  # "jobl"
 
 
 class Cluster:
-    def __init__(self, url: str, server_id: str, on_job, on_session_taken, poll: float = 1.0) -> None:
+    def __init__(self, url: str, server_id: str, on_job, on_session_taken, on_admin=None, poll: float = 1.0) -> None:
         self.url = url
         self.server_id = server_id
         self.on_job = on_job
         self.on_session_taken = on_session_taken
+        self.on_admin = on_admin
         self.poll = poll
         self.is_leader = False
         self.connected = False
@@ -45,7 +48,7 @@ class Cluster:
                                 keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
         conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
         with conn.cursor() as cur:
-            cur.execute(f"LISTEN {JOBS_CHANNEL}; LISTEN {SESSIONS_CHANNEL}")
+            cur.execute(f"LISTEN {JOBS_CHANNEL}; LISTEN {SESSIONS_CHANNEL}; LISTEN {ADMIN_CHANNEL}")
         self._conn = conn
         self.connected = True
 
@@ -86,6 +89,8 @@ class Cluster:
             self.on_job(message)
         elif channel == SESSIONS_CHANNEL and message.get("from") != self.server_id:
             self.on_session_taken(message.get("session"))
+        elif channel == ADMIN_CHANNEL and self.on_admin is not None:
+            self.on_admin(message)
 
     def _run(self) -> None:
         backoff = 0.2
@@ -122,8 +127,7 @@ class Cluster:
         self._greenlet = spawn(self._run)
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
+        stop_greenlet(self._greenlet)
         if self._conn is not None:
             self._conn.close()   # releases the advisory lock at once: the next leader need not wait
             self._conn = None

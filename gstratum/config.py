@@ -52,6 +52,12 @@ class Config:
     pidfile: Path | None = None
     workers: str = "1"
     proxy_protocol: int = 0
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080             # 0: no HTTP side port
+    admin_token: str | None = None    # GSTRATUM_ADMIN_TOKEN; without it the admin endpoints are off
+    retention_days: int = 30
+    log_format: str = "text"
+    runtime_dir: Path = Path(".gstratum/run")
     fake_txs: int = 0
     nbits: str = "207fffff"
     clean_every: int = 4
@@ -155,6 +161,12 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--workers", help="worker processes sharing the port with SO_REUSEPORT: a number or auto (default 1)")
     add("--proxy-protocol", dest="proxy_protocol", action="store_const", const=1,
         help="expect a HAProxy PROXY v1/v2 header on every connection and record the address it names")
+    add("--http-host", dest="http_host", help="HTTP side port address: metrics, API, dashboard (127.0.0.1)")
+    add("--http-port", dest="http_port", type=int, help="HTTP side port (default 8080; 0 turns it off)")
+    add("--retention-days", dest="retention_days", type=int, help="drop daily share partitions older than this (30)")
+    add("--log-format", dest="log_format", choices=["text", "json"], help="log lines as text or JSON")
+    add("--runtime-dir", dest="runtime_dir", type=Path,
+        help="where --workers processes leave their stats snapshots for the supervisor (.gstratum/run)")
     add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
     add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
     add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")

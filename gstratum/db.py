@@ -20,7 +20,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "etc" / "postgres"
 SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting together apply the schema one at a time
 
 SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizations", "jobs", "shares", "blocks",
-                  "extranonce1_seq")
+                  "worker_minutes", "admin_actions", "extranonce1_seq")
 
 # Errors after which a connection may be broken: drop it rather than return it to the pool.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)

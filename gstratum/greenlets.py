@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 import gevent.pool
@@ -20,6 +21,19 @@ def spawn_logged(func, *args, group: gevent.pool.Group | None = None, name: str 
         greenlet.name = name
     greenlet.link_exception(_log_failure)
     return greenlet
+
+
+def stop_greenlet(greenlet: gevent.Greenlet | None, timeout: float = 2.0) -> None:
+    """Kill a background greenlet and wait (bounded) until it is dead. Killed inside a psycopg2 call, a greenlet
+    sees GreenletExit turned into a psycopg2 error by psycogreen's wait callback, which its loop may catch and
+    carry on; so we keep killing until it is dead or the time is up, never blocking shutdown for ever."""
+    if greenlet is None:
+        return
+    deadline = time.monotonic() + timeout
+    while not greenlet.dead and time.monotonic() < deadline:
+        greenlet.kill(block=True, timeout=0.2)
+    if not greenlet.dead:
+        log.warning("greenlet %s did not stop within %.1fs", getattr(greenlet, "name", greenlet), timeout)
 
 
 class LoggedPool(gevent.pool.Pool):

@@ -14,7 +14,7 @@ from collections import deque
 import gevent
 
 from .cluster import JOBS_CHANNEL, Cluster
-from .greenlets import spawn_logged
+from .greenlets import spawn_logged, stop_greenlet
 from .jobs import Job, JobBook, JobSource, job_from_dict, job_to_dict
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class JobStream:
         self.made = 0
         self.last_heard = time.monotonic()
         self._seen: deque[str] = deque(maxlen=64)
+        self.recent: deque[dict] = deque(maxlen=10)    # for the stats API: newest last
         self._greenlet = None
 
     @property
@@ -54,7 +55,10 @@ class JobStream:
         self._seen.append(job.job_id)
         self.last_heard = time.monotonic()
         self.book.add(job)
-        self.broadcast(job)
+        started = time.perf_counter()
+        reached = self.broadcast(job)
+        self.recent.append({"job_id": job.job_id, "height": job.height, "created_at": job.created_at,
+                            "fanout_ms": round((time.perf_counter() - started) * 1000, 3), "miners_reached": reached})
 
     def on_published(self, message: dict) -> None:
         try:
@@ -109,5 +113,4 @@ class JobStream:
         return job_from_dict(data)
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
+        stop_greenlet(self._greenlet)

@@ -45,6 +45,8 @@ TABLES: dict[str, Table] = {
               "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"),
         Table("blocks", ("id", "connection_id", "worker", "job_id", "height", "block_hash", "header", "found_at"),
               "(%s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("admin_actions", ("id", "action", "target", "params", "source", "acted_at"),
+              "(%s, %s, %s, %s::jsonb, %s, to_timestamp(%s))"),
     )
 }
 
@@ -117,3 +119,7 @@ class Recorder:
     def block(self, found: dict) -> None:
         self._sink("blocks", (self.new_id(), found["connection_id"], text(found["worker"]), found["job_id"],
                               found["height"], found["block_hash"], found["header"], self.clock()))
+
+    def admin_action(self, action: str, target: str | None, params: str, source: str) -> None:
+        """`params` is the action's JSON text."""
+        self._sink("admin_actions", (self.new_id(), action, text(target), text(params), source, self.clock()))

@@ -12,7 +12,7 @@ from gevent.server import StreamServer
 
 from .config import Config
 from .connection import SHUTDOWN, Connection
-from .greenlets import LoggedPool, spawn_logged
+from .greenlets import LoggedPool, spawn_logged, stop_greenlet
 from .limits import CostPolicy
 from .jobs import Job
 from .session import Session, Services
@@ -55,6 +55,7 @@ class StratumServer:
 
     def dropped(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
+        self.services.metrics.drop(reason)
 
     def _refuse(self, sock, reason: str) -> None:
         """Over a cap: close at once, before any state, row or greenlet beyond this one exists."""
@@ -184,6 +185,8 @@ class StratumServer:
             reached += 1
         elapsed = time.perf_counter() - started
         self.last_fanout = (job.job_id, reached, elapsed)
+        self.services.metrics.jobs += 1
+        self.services.metrics.fanout.observe(elapsed)
         log.info("notify job=%s clean=%s miners=%d fanout=%.1fms", job.job_id, job.clean_jobs, reached,
                  elapsed * 1000)
         return reached
@@ -212,11 +215,63 @@ class StratumServer:
             gevent.sleep(0.1)
         log.info("drained in %.1fs, %d miners left", time.monotonic() - started, len(self.connections))
 
+    def live_workers(self) -> dict[str, dict]:
+        """Per authorized worker name: open connections and the current difficulty (of the newest)."""
+        workers: dict[str, dict] = {}
+        for conn in self.subscribed:
+            session = conn.session
+            for name in session.workers:
+                entry = workers.get(name)
+                if entry is None:
+                    workers[name] = {"connections": 1, "difficulty": session.difficulty}
+                else:
+                    entry["connections"] += 1
+                    entry["difficulty"] = session.difficulty
+        return workers
+
+    def targets(self, worker: str | None) -> list[Connection]:
+        return [c for c in self.subscribed if worker is None or worker in c.session.workers]
+
+    def admin(self, action: str, worker: str | None, params: dict) -> int:
+        """Apply an operator action to this process's miners (all, or one worker's); returns how many."""
+        targets = self.targets(worker)
+        if action == "message":
+            line = rpc.encode_notification("client.show_message", [str(params.get("text", ""))[:512]])
+            for conn in targets:
+                conn.outbox.send(line)
+        elif action == "difficulty":
+            difficulty = float(params["difficulty"])
+            for conn in targets:
+                conn.outbox.send(b"".join(conn.session._retarget_lines(conn.session._bounded(difficulty))))
+        elif action == "disconnect":
+            for conn in targets:
+                self.dropped("operator")
+                conn.abort("disconnected by operator")
+        elif action == "reconnect":
+            spawn_logged(self._reconnect_spread, targets, params, name="admin-reconnect")
+        else:
+            raise ValueError(f"unknown admin action {action!r}")
+        log.warning("admin %s worker=%r params=%s: %d miners", action, worker, params, len(targets))
+        return len(targets)
+
+    def _reconnect_spread(self, targets: list[Connection], params: dict) -> None:
+        period = float(params.get("period", 0) or 0)
+        step = period / max(len(targets), 1)
+        for conn in targets:
+            try:
+                host, port = conn.sock.getsockname()[:2]
+            except OSError:
+                continue
+            conn.outbox.send(rpc.encode_notification(
+                "client.reconnect", [params.get("host") or host, int(params.get("port") or port), 0]))
+            if step:
+                gevent.sleep(step)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, then close every miner (each close is recorded)."""
         if self._server is not None:
             self._server.close()
-            self._sweeper.kill()
+            stop_greenlet(self._sweeper)
         for conn in list(self.connections):
             conn.abort(SHUTDOWN)
         self.handlers.join(timeout=timeout)

@@ -18,6 +18,7 @@ from . import bitcoin, rpc
 from .jobs import Job, JobBook
 from .rpc import (DUPLICATE_SHARE, JOB_NOT_FOUND, LOW_DIFFICULTY, NOT_SUBSCRIBED, OTHER, UNAUTHORIZED, Request,
                   Response, StratumError)
+from .metrics import Metrics
 from .stats import PoolStats
 from .vardiff import Vardiff, VardiffPolicy
 
@@ -45,6 +46,7 @@ class Services:
     clock: Callable[[], float] = time.time
     network_target: Callable[[Job], int] | None = None
     on_block: Callable[[dict], None] | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     resume: Callable[[str, "Session"], tuple[str, str] | None] | None = None  # -> (session id, extranonce1)
     on_subscribed: Callable[["Session", str], None] | None = None             # (session, difficulty sub id)
 
@@ -186,6 +188,7 @@ class Session:
         self._extranonce1_bytes = bytes.fromhex(extranonce1)
         if self.suggested is not None:
             self.difficulty = self._bounded(self.suggested)
+        self.services.metrics.subscribes += 1
         self.services.recorder.subscribed(self.connection_id, session, difficulty_sub_id, extranonce1,
                                           self.services.extranonce2_size, user_agent, requested, resumed)
         if self.services.on_subscribed is not None:
@@ -206,6 +209,7 @@ class Session:
         if len(worker) > MAX_WORKER_NAME:
             raise StratumError(OTHER, f"Invalid params: worker name longer than {MAX_WORKER_NAME}", req.id)
         self.workers.add(worker)
+        self.services.metrics.authorizes += 1
         self.services.recorder.authorized(self.connection_id, worker, self.remote_addr, True)
         return [rpc.encode_result(req.id, True)]
 
@@ -322,10 +326,12 @@ class Session:
                 self._found_block(job, worker, header, hash_int)
         except StratumError as err:
             record.done(err.code)
+            services.metrics.share(err.code)
             if worker in self.workers:  # names a miner merely claims must not grow the in-memory totals
                 services.stats.share(worker, False, difficulty, now)
             raise
         record.done(None)
+        services.metrics.share(None)
         services.stats.share(worker, True, difficulty, now)
         lines = [rpc.encode_result(req.id, True)]
         self.vardiff.note_share()
@@ -356,6 +362,7 @@ class Session:
         log.warning("BLOCK CANDIDATE job=%s height=%d worker=%r hash=%s header=%s", job.job_id, job.height,
                     worker, block_hash, header.hex())
         self.services.stats.blocks += 1
+        self.services.metrics.blocks += 1
         if self.services.on_block is not None:
             self.services.on_block({"job_id": job.job_id, "height": job.height, "worker": worker,
                                     "block_hash": block_hash, "header": header.hex(),

@@ -34,6 +34,11 @@ def make_listener(host: str, port: int, backlog: int = 2048):
         sock = gevent.socket.socket(fileno=int(inherited))
         log.info("listening socket inherited from the previous process (fd %s)", inherited)
         return sock
+    return reuse_port_listener(host, port, backlog)
+
+
+def reuse_port_listener(host: str, port: int, backlog: int = 128):
+    """A listening socket a successor can bind beside us during a takeover (the HTTP side port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = gevent.socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -14,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gevent
+import ujson
 import gevent.event
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,44 @@ class Supervisor:
                 proc.kill()
 
 
-def supervise(count: int, database_url: str, argv: list[str]) -> int:
+def read_snapshots(directory: Path, max_age: float = 15.0) -> list[dict]:
+    """The workers' latest snapshots (each rewrites its file every 2 s; stale files are ignored)."""
+    snaps = []
+    for path in directory.glob("*.json"):
+        try:
+            snap = ujson.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if time.time() - snap.get("at", 0) <= max_age:
+            snaps.append(snap)
+    return snaps
+
+
+def serve_http(cfg, database_url: str):
+    """One HTTP side port for all workers: their snapshots summed, admin actions published to all of them."""
+    from . import http
+    from .cluster import ADMIN_CHANNEL, Cluster
+    from .db import Database
+
+    db = Database(database_url, size=2)
+    directory = cfg.runtime_dir / str(cfg.port)
+
+    def admin(action, worker, params, source):
+        with db.connection() as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO admin_actions (id, action, target, params, source, acted_at) "
+                        "VALUES (gen_random_uuid(), %s, %s, %s::jsonb, %s, now())",
+                        (action, worker, ujson.dumps(params), source))
+        return {"published": Cluster.publish(db, ADMIN_CHANNEL, {"action": action, "worker": worker,
+                                                                  "params": params})}
+
+    api = http.StatsApi(db, lambda: read_snapshots(directory), admin=admin, admin_token=cfg.admin_token)
+    return http.serve(api, cfg.http_host, cfg.http_port)
+
+
+def supervise(count: int, database_url: str, argv: list[str], cfg=None) -> int:
     supervisor = Supervisor(count, worker_argv(argv, database_url))
+    if cfg is not None and cfg.http_port:
+        serve_http(cfg, database_url)
     stopped = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stopped.set)
     gevent.signal_handler(signal.SIGINT, stopped.set)

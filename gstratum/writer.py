@@ -20,10 +20,41 @@ import psycopg2.extras
 from .db import CONNECTION_ERRORS, Database
 from .journal import Journal, read_batches
 from .records import TABLES, Table
+from .greenlets import stop_greenlet
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+
+# Rollups count only the share rows this very statement inserted: a retried or replayed batch adds nothing twice.
+SHARES_RETURNING = " RETURNING worker, submitted_at, accepted, difficulty, error_code"
+ROLLUP_UPSERT = (
+    "INSERT INTO worker_minutes (worker, minute, accepted, rejected, difficulty_sum, last_share) VALUES %s "
+    "ON CONFLICT (worker, minute) DO UPDATE SET accepted = worker_minutes.accepted + EXCLUDED.accepted, "
+    "rejected = worker_minutes.rejected + EXCLUDED.rejected, "
+    "difficulty_sum = worker_minutes.difficulty_sum + EXCLUDED.difficulty_sum, "
+    "last_share = greatest(worker_minutes.last_share, EXCLUDED.last_share)")
+NOT_A_WORKER = (24, 25)   # unauthorized / not subscribed: the name is only claimed, it gets no rollup row
+
+
+def rollup(inserted: list[tuple]) -> list[tuple]:
+    """Per (worker, minute) totals of freshly inserted share rows."""
+    totals: dict[tuple, list] = {}
+    for worker, submitted_at, accepted, difficulty, error_code in inserted:
+        if error_code in NOT_A_WORKER:
+            continue
+        key = (worker, submitted_at.replace(second=0, microsecond=0))
+        entry = totals.get(key)
+        if entry is None:
+            entry = totals[key] = [0, 0, 0.0, submitted_at]
+        if accepted:
+            entry[0] += 1
+            entry[2] += difficulty
+        else:
+            entry[1] += 1
+        if submitted_at > entry[3]:
+            entry[3] = submitted_at
+    return [(worker, minute, *entry) for (worker, minute), entry in totals.items()]
 
 
 class Writer:
@@ -49,6 +80,7 @@ class Writer:
         self.last_error: str | None = None
         self.last_write_seconds = 0.0
         self.healthy = True
+        self.on_write = None   # callback(seconds) per successful batch, for metrics
         self._replayed_once = False
         self._spilled_at_replay = 0
 
@@ -184,9 +216,18 @@ class Writer:
         with self.db.connection() as conn, conn.cursor() as cur:
             for name, rows in by_table.items():
                 spec = self.tables[name]
-                psycopg2.extras.execute_values(cur, spec.insert_sql, rows, template=spec.template,
-                                               page_size=len(rows))
+                if name != "shares":
+                    psycopg2.extras.execute_values(cur, spec.insert_sql, rows, template=spec.template,
+                                                   page_size=len(rows))
+                    continue
+                inserted = psycopg2.extras.execute_values(cur, spec.insert_sql + SHARES_RETURNING, rows,
+                                                          template=spec.template, page_size=len(rows), fetch=True)
+                totals = rollup(inserted)
+                if totals:
+                    psycopg2.extras.execute_values(cur, ROLLUP_UPSERT, totals, page_size=len(totals))
         self.last_write_seconds = time.perf_counter() - started
+        if self.on_write is not None:
+            self.on_write(self.last_write_seconds)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the loop and write out what is queued, retrying until `timeout`. What still cannot be written
@@ -195,7 +236,7 @@ class Writer:
         self._wake.set()
         if self._greenlet is not None:
             self._greenlet.join(timeout=timeout)
-            self._greenlet.kill()  # a write cut short is re-sent below; row ids make that idempotent
+            stop_greenlet(self._greenlet)  # a write cut short is re-sent below; row ids make that idempotent
         deadline = time.monotonic() + timeout
         while self._queue and time.monotonic() < deadline:
             if not self._flush_queue():

@@ -50,8 +50,11 @@ def schema(database_url):
     """Apply the schema once, the same way the server does."""
     from gstratum.db import Database
 
+    from gstratum.retention import Retention
+
     db = Database(database_url)
     db.apply_schema()
+    Retention(db, days=30).ensure_partitions()
     db.close()
     return database_url
 
@@ -82,12 +85,14 @@ class ServerProcess:
     def __init__(self, database_url: str, tmp_path: Path, *args: str, port: int | None = None,
                  env: dict | None = None) -> None:
         self.port = port or free_port()
+        self.http_port = free_port()
         self.host = "127.0.0.1"
         self.log_path = tmp_path / f"server-{self.port}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
         self.journal_dir = tmp_path / "journal"
         cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
-               "--database-url", database_url, "--journal-dir", str(self.journal_dir), *args]
+               "--database-url", database_url, "--journal-dir", str(self.journal_dir),
+               "--http-port", str(self.http_port), *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_listening()

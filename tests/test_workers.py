@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from gstratum.client import StratumClient
 
@@ -14,10 +15,12 @@ from .conftest import ROOT, free_port, query
 
 def test_two_workers_share_the_port(schema, tmp_path, db):
     port = free_port()
+    http_port = free_port()
     log_path = tmp_path / "workers.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(port),
                                  "--workers", "2", "--database-url", schema, "--notify-interval", "1",
+                                 "--http-port", str(http_port), "--runtime-dir", str(tmp_path / "run"),
                                  "--journal-dir", str(tmp_path / "journal")], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -42,6 +45,10 @@ def test_two_workers_share_the_port(schema, tmp_path, db):
             c.wait_for("mining.notify", after=3, timeout=10)
             seen.append({m["params"][0] for m in c.state.notifications if m["method"] == "mining.notify"})
         assert len(set.intersection(*seen)) >= 2, seen
+        # one HTTP port for the whole server: the supervisor sums both workers' snapshots
+        time.sleep(2.5)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode()
+        assert "gstratum_processes 2.0" in metrics and "gstratum_miners_subscribed 40.0" in metrics
         for c in clients:
             c.close()
     finally:

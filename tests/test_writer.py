@@ -77,3 +77,25 @@ def test_overflow_spills_to_journal_and_replays(schema, tmp_path, db):
     writer._replay()
     assert query(db, "SELECT count(*) FROM authorizations WHERE worker LIKE %s", f"{tag}-%") == [(35,)]
     assert writer.rows_replayed == 25 and writer.journal.pending_files() == []
+
+
+def test_rollup_equals_aggregate_over_raw_shares_even_after_replays(schema, tmp_path, db):
+    writer, recorder = make(schema, tmp_path, batch=7)
+    tag = f"roll-{time.time_ns()}"
+    conn_id = f"{time.time_ns():032x}"
+    for i in range(40):
+        recorder.share(conn_id, f"{tag}-{i % 3}", "job", "00000000", "00000000", f"{i:08x}", None, 0.5 + i % 2,
+                       1.0, None if i % 5 else 23)
+    recorder.share(conn_id, f"{tag}-claimed", "job", None, None, None, None, 1.0, None, 24)
+    batch = list(writer._queue)
+    assert writer._flush_queue() is True
+    writer._write(batch)          # a full replay of the same rows changes nothing
+    writer._write(batch[:13])
+    raw = query(db, "SELECT worker, count(*) FILTER (WHERE accepted), count(*) FILTER (WHERE NOT accepted), "
+                    "coalesce(sum(difficulty) FILTER (WHERE accepted), 0) FROM shares WHERE worker LIKE %s "
+                    "AND error_code IS DISTINCT FROM 24 GROUP BY worker ORDER BY worker", f"{tag}-%")
+    rolled = query(db, "SELECT worker, sum(accepted), sum(rejected), sum(difficulty_sum) FROM worker_minutes "
+                       "WHERE worker LIKE %s GROUP BY worker ORDER BY worker", f"{tag}-%")
+    assert [(w, a, r, float(d)) for w, a, r, d in raw] == [(w, int(a), int(r), float(d)) for w, a, r, d in rolled]
+    assert len(raw) == 3
+    assert query(db, "SELECT count(*) FROM worker_minutes WHERE worker = %s", f"{tag}-claimed") == [(0,)]

@@ -81,8 +81,10 @@ CREATE INDEX IF NOT EXISTS jobs_created_at_idx ON jobs (created_at);
 
 -- One row per mining.submit, accepted or rejected. error_code is NULL for an accepted share, else the Stratum
 -- error code sent back (21 stale job, 22 duplicate, 23 low difficulty, 24 unauthorized, 20 malformed).
+-- Partitioned by day (gstratum/retention.py creates partitions ahead and drops those past --retention-days);
+-- rows outside every daily partition land in shares_default, so an insert never fails for want of a partition.
 CREATE TABLE IF NOT EXISTS shares (
-    id            uuid PRIMARY KEY,
+    id            uuid             NOT NULL,
     connection_id uuid             NOT NULL,
     worker        text             NOT NULL,
     job_id        text             NOT NULL,
@@ -94,10 +96,36 @@ CREATE TABLE IF NOT EXISTS shares (
     achieved      double precision,            -- what the hash actually met (NULL when it was never hashed)
     accepted      boolean          NOT NULL,
     error_code    smallint,
-    submitted_at  timestamptz      NOT NULL
-);
+    submitted_at  timestamptz      NOT NULL,
+    PRIMARY KEY (id, submitted_at)
+) PARTITION BY RANGE (submitted_at);
+CREATE TABLE IF NOT EXISTS shares_default PARTITION OF shares DEFAULT;
 CREATE INDEX IF NOT EXISTS shares_worker_time_idx ON shares (worker, submitted_at);
 CREATE INDEX IF NOT EXISTS shares_submitted_at_idx ON shares (submitted_at);
+
+-- Per worker per minute totals, maintained by the writer in the same transaction as the share rows it inserts
+-- (only rows actually inserted count, so retries and journal replays never count twice). Kept forever; the API
+-- reads only this table, never the raw shares.
+CREATE TABLE IF NOT EXISTS worker_minutes (
+    worker         text             NOT NULL,
+    minute         timestamptz      NOT NULL,
+    accepted       bigint           NOT NULL,
+    rejected       bigint           NOT NULL,
+    difficulty_sum double precision NOT NULL,   -- sum of the assigned difficulty of accepted shares
+    last_share     timestamptz      NOT NULL,
+    PRIMARY KEY (worker, minute)
+);
+CREATE INDEX IF NOT EXISTS worker_minutes_minute_idx ON worker_minutes (minute);
+
+-- Operator actions taken through the admin API or `python -m gstratum admin`.
+CREATE TABLE IF NOT EXISTS admin_actions (
+    id        uuid PRIMARY KEY,
+    action    text        NOT NULL,
+    target    text,                    -- a worker name, or NULL for all miners
+    params    jsonb       NOT NULL,
+    source    text        NOT NULL,    -- the HTTP client address, or "cli"
+    acted_at  timestamptz NOT NULL
+);
 
 -- Shares whose hash also met the network target of their job.
 CREATE TABLE IF NOT EXISTS blocks (

@@ -10,6 +10,7 @@ BEGIN
     END IF;
 END
 $$;
-GRANT SELECT, INSERT ON connections, disconnections, subscriptions, authorizations, jobs, shares, blocks
-    TO gstratum_app;
+GRANT SELECT, INSERT ON connections, disconnections, subscriptions, authorizations, jobs, shares, blocks,
+    admin_actions TO gstratum_app;
+GRANT SELECT, INSERT, UPDATE ON worker_minutes TO gstratum_app;   -- rollups are upserted
 GRANT USAGE ON SEQUENCE extranonce1_seq TO gstratum_app;

@@ -1,0 +1,126 @@
+"""Process-local counters and histograms (plain ints: a hot-path increment costs nothing), their snapshot, and a
+prometheus-client collector that exposes one or many snapshots (with --workers, the supervisor sums its workers').
+
+Names follow Prometheus conventions: `gstratum_..._total` counters, seconds as the unit, and no unbounded label
+values (no worker names, no addresses): share results and drop reasons are small fixed sets.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+SHARE_RESULTS = {None: "accepted", 20: "invalid", 21: "stale", 22: "duplicate", 23: "low_difficulty",
+                 24: "unauthorized", 25: "not_subscribed"}
+FANOUT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def as_dict(self) -> dict:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.total}
+
+
+@dataclass
+class Metrics:
+    subscribes: int = 0
+    authorizes: int = 0
+    shares: dict = field(default_factory=dict)         # result name -> count
+    blocks: int = 0
+    jobs: int = 0
+    dropped: dict = field(default_factory=dict)        # reason -> count
+    fanout: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
+    db_write: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
+
+    def share(self, error_code: int | None) -> None:
+        name = SHARE_RESULTS.get(error_code, "invalid")
+        self.shares[name] = self.shares.get(name, 0) + 1
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def counters(self) -> dict:
+        return {"subscribes": self.subscribes, "authorizes": self.authorizes, "shares": dict(self.shares),
+                "blocks": self.blocks, "jobs": self.jobs, "dropped": dict(self.dropped),
+                "fanout": self.fanout.as_dict(), "db_write": self.db_write.as_dict()}
+
+
+def _histogram(name: str, doc: str, snapshots: list[dict], key: str) -> HistogramMetricFamily:
+    bounds = snapshots[0][key]["bounds"] if snapshots else []
+    counts = [0] * (len(bounds) + 1)
+    total = 0.0
+    for snap in snapshots:
+        for i, c in enumerate(snap[key]["counts"]):
+            counts[i] += c
+        total += snap[key]["sum"]
+    buckets, running = [], 0
+    for bound, count in zip(list(bounds) + [float("inf")], counts):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    family = HistogramMetricFamily(name, doc)
+    family.add_metric([], buckets, total)
+    return family
+
+
+class PoolCollector:
+    """Yields the pool's metrics from `snapshots()` (a list of process snapshots), summed."""
+
+    def __init__(self, snapshots) -> None:
+        self.snapshots = snapshots
+
+    def collect(self):
+        snaps = self.snapshots()
+        total = lambda key: sum(s[key] for s in snaps)  # noqa: E731
+        gauge = GaugeMetricFamily("gstratum_miners_connected", "Miner connections open now.")
+        gauge.add_metric([], total("connections"))
+        yield gauge
+        gauge = GaugeMetricFamily("gstratum_miners_subscribed", "Miner connections subscribed now.")
+        gauge.add_metric([], total("subscribed"))
+        yield gauge
+        for key, name, doc in (("subscribes", "gstratum_subscribes_total", "mining.subscribe answered."),
+                               ("authorizes", "gstratum_authorizes_total", "mining.authorize answered."),
+                               ("blocks", "gstratum_blocks_found_total", "Shares that met the network target."),
+                               ("jobs", "gstratum_jobs_broadcast_total", "Jobs broadcast to miners.")):
+            counter = CounterMetricFamily(name[:-6], doc)
+            counter.add_metric([], sum(s["counters"][key] for s in snaps))
+            yield counter
+        shares = CounterMetricFamily("gstratum_shares", "mining.submit by result.", labels=["result"])
+        for result in SHARE_RESULTS.values():
+            shares.add_metric([result], sum(s["counters"]["shares"].get(result, 0) for s in snaps))
+        yield shares
+        dropped = CounterMetricFamily("gstratum_miners_dropped", "Connections closed by the server, by reason.",
+                                      labels=["reason"])
+        reasons = sorted({r for s in snaps for r in s["counters"]["dropped"]})
+        for reason in reasons:
+            dropped.add_metric([reason], sum(s["counters"]["dropped"].get(reason, 0) for s in snaps))
+        yield dropped
+        yield _histogram("gstratum_notify_fanout_seconds", "Time to hand one job to every miner.",
+                         [s["counters"] for s in snaps], "fanout")
+        yield _histogram("gstratum_db_write_seconds", "Duration of one batched database write.",
+                         [s["counters"] for s in snaps], "db_write")
+        for key, name, doc in (("writer_queue", "gstratum_writer_queue_rows", "Rows waiting in memory."),
+                               ("journal_bytes", "gstratum_journal_bytes", "Spill journal bytes on disk."),
+                               ("extranonce_reserve", "gstratum_extranonce_reserve",
+                                "extranonce1 values reserved and not yet handed out."),
+                               ("processes", "gstratum_processes", "Server processes reporting.")):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], total(key))
+            yield gauge
+
+
+def snapshot_age_ok(snap: dict, now: float | None = None, max_age: float = 15.0) -> bool:
+    return (time.time() if now is None else now) - snap.get("at", 0) <= max_age

@@ -1,0 +1,176 @@
+"""Operators: Prometheus metrics, the JSON API against the database, admin actions, retention, CLI, JSON logs."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from gstratum.client import StratumClient
+from gstratum.db import Database
+from gstratum.mining import mine
+from gstratum.retention import Retention, partition_name, plan
+
+from .conftest import ROOT, query
+
+TOKEN = "test-admin-token-0123456789"
+
+
+def get(server, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}", timeout=10) as response:
+        body = response.read()
+        return json.loads(body) if response.headers["Content-Type"].startswith("application/json") else body.decode()
+
+
+def post(server, path: str, body: dict, token: str | None = TOKEN) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", method="POST",
+                                     data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", text, re.M)
+    assert match, f"{name}{labels} missing"
+    return float(match.group(1))
+
+
+def test_metrics_move_with_subscribe_authorize_and_shares(start_server):
+    server = start_server("--difficulty", "0.00002", "--notify-interval", "2")
+    before = get(server, "/metrics")
+    assert "# TYPE gstratum_shares_total counter" in before
+    assert "gstratum_notify_fanout_seconds_bucket" in before
+    with StratumClient(server.host, server.port) as client:
+        client.subscribe()
+        client.authorize("metrics.rig")
+        report = mine(client, "metrics.rig", duration=2)
+        during = get(server, "/metrics")
+        assert metric(during, "gstratum_miners_connected") == 1
+    assert metric(during, "gstratum_subscribes_total") == metric(before, "gstratum_subscribes_total") + 1
+    assert metric(during, "gstratum_authorizes_total") == metric(before, "gstratum_authorizes_total") + 1
+    assert metric(during, "gstratum_shares_total", '{result="accepted"}') == report.accepted > 0
+    assert metric(during, "gstratum_jobs_broadcast_total") >= 1
+    assert metric(during, "gstratum_extranonce_reserve") > 0
+
+
+def test_api_agrees_with_the_database(start_server, db):
+    server = start_server("--difficulty", "0.00002", "--notify-interval", "2")
+    worker = f"api.{time.time_ns()}"
+    with StratumClient(server.host, server.port) as client:
+        client.subscribe()
+        client.authorize(worker)
+        report = mine(client, worker, duration=2)
+        time.sleep(0.5)   # the writer's interval
+        pool = get(server, "/api/pool")
+        one = get(server, f"/api/workers/{worker}")
+    raw = query(db, "SELECT count(*), sum(difficulty) FROM shares WHERE worker = %s AND accepted", worker)[0]
+    assert one["accepted"] == raw[0] == report.accepted
+    assert one["connections"] == 1 and one["difficulty"] == 0.00002
+    assert one["hashrate"] == pytest.approx(float(raw[1]) * 2**32 / 600)
+    assert pool["miners_online"] == 1 and pool["current_job"]["job_id"]
+    assert pool["hashrate"]["10m"] >= one["hashrate"] > 0
+    assert any(w["name"] == worker for w in get(server, "/api/workers")["workers"])
+    assert get(server, "/api/blocks")["blocks"] is not None
+    with pytest.raises(urllib.error.HTTPError):
+        get(server, "/api/workers/nobody-at-all")
+
+
+def test_admin_actions_reach_the_right_miners_and_need_the_token(start_server, db):
+    server = start_server("--notify-interval", "30", env={"GSTRATUM_ADMIN_TOKEN": TOKEN})
+    with StratumClient(server.host, server.port) as alice, StratumClient(server.host, server.port) as bob:
+        for client, name in ((alice, "alice.rig"), (bob, "bob.rig")):
+            client.subscribe()
+            client.authorize(name)
+        assert post(server, "/api/admin/message", {"text": "hi"}, token=None)[0] == 401
+        assert post(server, "/api/admin/message", {"text": "hi"}, token="wrong-token-wrong-token")[0] == 401
+        status, body = post(server, "/api/admin/message", {"worker": "alice.rig", "text": "maintenance at 12:00"})
+        assert status == 200 and body["published"] is True
+        assert alice.wait_for("client.show_message", timeout=5)["params"] == ["maintenance at 12:00"]
+        status, _ = post(server, "/api/admin/difficulty", {"worker": "bob.rig", "difficulty": 4096})
+        assert status == 200
+        assert bob.wait_for("mining.set_difficulty", after=1, timeout=5)["params"] == [4096]
+        assert not [m for m in bob.state.notifications if m["method"] == "client.show_message"]
+        status, _ = post(server, "/api/admin/reconnect", {"host": "pool2.example", "port": 3334})
+        assert status == 200
+        for client in (alice, bob):
+            assert client.wait_for("client.reconnect", timeout=5)["params"] == ["pool2.example", 3334, 0]
+        assert post(server, "/api/admin/disconnect", {"worker": "alice.rig"})[0] == 200
+        with pytest.raises((ConnectionError, OSError)):
+            while True:
+                alice.read_message(5)
+        assert bob.authorize("bob.rig") is True
+    time.sleep(0.3)
+    actions = query(db, "SELECT action, target FROM admin_actions WHERE acted_at > now() - interval '1 minute' "
+                        "ORDER BY acted_at")
+    assert [a for a, _ in actions][-4:] == ["message", "difficulty", "reconnect", "disconnect"]
+
+
+def test_admin_endpoints_are_off_without_a_token(server):
+    assert post(server, "/api/admin/message", {"text": "x"})[0] == 404
+
+
+def test_retention_plan_and_rotation(schema, db):
+    today = dt.date(2026, 3, 31)
+    create, drop = plan([partition_name(today - dt.timedelta(40)), partition_name(today)], today, 30)
+    assert today not in create and today + dt.timedelta(7) in create and today - dt.timedelta(1) in create
+    assert drop == [partition_name(today - dt.timedelta(40))]
+    database = Database(schema)
+    retention = Retention(database, days=30)
+    old_day = dt.date(2020, 1, 1)
+    created, _ = retention.run_once(today=old_day)
+    assert partition_name(old_day) in created
+    with db.cursor() as cur:   # a share in the old partition, and its rollup
+        cur.execute("INSERT INTO shares (id, connection_id, worker, job_id, difficulty, accepted, submitted_at) "
+                    "VALUES (gen_random_uuid(), gen_random_uuid(), 'old-worker', 'j', 1, true, '2020-01-01 12:00Z')")
+        cur.execute("INSERT INTO worker_minutes VALUES ('old-worker', '2020-01-01 12:00Z', 1, 0, 1, '2020-01-01 12:00Z') "
+                    "ON CONFLICT DO NOTHING")
+    _, dropped = retention.run_once()
+    assert partition_name(old_day) in dropped
+    assert partition_name(dt.datetime.now(dt.timezone.utc).date()) not in dropped
+    assert query(db, "SELECT to_regclass(%s)", partition_name(old_day)) == [(None,)]
+    assert query(db, "SELECT count(*) FROM worker_minutes WHERE worker = 'old-worker'") == [(1,)]
+    database.close()
+
+
+def test_stats_cli_and_json_logs(start_server, schema):
+    server = start_server("--difficulty", "0.00002", "--log-format", "json")
+    worker = f"cli.{time.time_ns()}"
+    with StratumClient(server.host, server.port) as client:
+        client.subscribe()
+        client.authorize(worker)
+        mine(client, worker, duration=1.5)
+    time.sleep(0.3)
+    out = subprocess.run([sys.executable, "-m", "gstratum", "stats", "--database-url", schema, "--top", "500"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pool hashrate" in out.stdout and worker in out.stdout
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    assert all(json.loads(line)["level"] for line in lines)
+
+
+def test_rows_already_in_the_default_partition_are_adopted(schema, db):
+    day = dt.date(2031, 5, 5)
+    with db.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS " + partition_name(day))
+        cur.execute("INSERT INTO shares (id, connection_id, worker, job_id, difficulty, accepted, submitted_at) "
+                    "VALUES (gen_random_uuid(), gen_random_uuid(), 'early-bird', 'j', 1, true, '2031-05-05 08:00Z')")
+    database = Database(schema)
+    created, _ = Retention(database, days=30).run_once(today=day)
+    database.close()
+    assert partition_name(day) in created
+    assert query(db, f"SELECT count(*) FROM {partition_name(day)} WHERE worker = 'early-bird'") == [(1,)]
+    assert query(db, "SELECT count(*) FROM shares_default WHERE worker = 'early-bird'") == [(0,)]
+    with db.cursor() as cur:
+        cur.execute("DROP TABLE " + partition_name(day))
