@@ -1,0 +1,445 @@
+#!/usr/bin/env python3
+"""gstratum load tool: thousands of fake miners, real shares, latency and fan-out figures.
+
+Each of `--procs` child processes runs its share of `--miners` as greenlets in a gevent Group (one greenlet per
+miner, each linked to an exception logger). A miner connects (spread over `--src-ips` loopback source addresses),
+subscribes, optionally sends mining.configure, authorizes, then stays connected: it records every mining.notify
+(job id, arrival time) and, at `--share-rate` shares/s, submits real shares found with the CPU miner (run the
+server at a tiny difficulty, e.g. --difficulty 0.000001, so a share takes a few hashes).
+The parent prints a progress line every second and ends with a report (Markdown, `--json`, `--plot`).
+It only talks to the address it is given, refuses non-loopback targets unless --allow-remote, and stops by itself.
+
+    .venv/bin/python scripts/loadtest.py --port 3333 --miners 10000 --ramp 1000 --duration 60 --src-ips 8
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * (len(ordered) - 1)))))]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# child: the miners
+# ------------------------------------------------------------------------------------------------------------------
+def child_main(args: argparse.Namespace) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+    import resource
+
+    import gevent
+    import gevent.pool
+    import ujson
+
+    sys.path.insert(0, str(ROOT))
+    from gstratum import bitcoin
+    from gstratum.miner import find_share
+    from gstratum.shares import HeaderTemplate
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    out = sys.stdout
+    templates: dict[str, HeaderTemplate] = {}
+    jobs: dict[str, list] = {}          # job id -> [count, first arrival, last arrival]
+    stats = {"connected": 0, "subscribed": 0, "handshakes": 0, "accepted": 0, "rejected": 0, "drops": 0,
+             "errors": 0, "connect_failures": 0}
+    handshake_ms: list[float] = []
+    share_ms: list[float] = []
+    error_samples: list[str] = []
+    deadline = time.monotonic() + args.hard_deadline
+
+    class Miner:
+        __slots__ = ("index", "sock", "buffer", "extranonce1", "difficulty", "job", "pending", "next_id", "en2",
+                     "alive")
+
+        def __init__(self, index: int) -> None:
+            self.index = index
+            self.sock = None
+            self.buffer = b""
+            self.extranonce1 = b""
+            self.difficulty = 1.0
+            self.job = None
+            self.pending: dict[int, float] = {}
+            self.next_id = 10
+            self.en2 = 0
+            self.alive = False
+
+        def readline(self) -> dict:
+            while b"\n" not in self.buffer:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed by server")
+                self.buffer += data
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            return ujson.loads(line)
+
+        def on_message(self, message: dict) -> dict | None:
+            method = message.get("method")
+            if method == "mining.notify":
+                now = time.time()
+                self.job = message["params"]
+                entry = jobs.get(self.job[0])
+                if entry is None:
+                    jobs[self.job[0]] = [1, now, now]
+                else:
+                    entry[0] += 1
+                    entry[2] = max(entry[2], now)
+                    entry[1] = min(entry[1], now)
+                return None
+            if method == "mining.set_difficulty":
+                self.difficulty = float(message["params"][0])
+                return None
+            if method is not None:
+                return None
+            sent = self.pending.pop(message.get("id"), None)
+            if sent is not None:
+                share_ms.append((time.perf_counter() - sent) * 1000)
+                if message.get("error") is None:
+                    stats["accepted"] += 1
+                else:
+                    stats["rejected"] += 1
+                    if len(error_samples) < 5:
+                        error_samples.append(str(message.get("error")))
+                return None
+            return message
+
+        def call(self, request_id: int, method: str, params: list) -> dict:
+            self.sock.sendall(ujson.dumps({"id": request_id, "method": method, "params": params}).encode() + b"\n")
+            while True:
+                reply = self.on_message(self.readline())
+                if reply is not None and reply.get("id") == request_id:
+                    if reply.get("error") is not None:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply
+
+        def run(self) -> None:
+            while time.monotonic() < deadline:
+                try:
+                    self.session()
+                except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
+                    if self.alive:
+                        stats["drops"] += 1
+                        stats["connected"] -= 1
+                        stats["subscribed"] -= 1
+                    elif len(error_samples) < 5:
+                        error_samples.append(f"{type(exc).__name__}: {exc}")
+                    if not self.alive:
+                        stats["connect_failures"] += 1
+                    self.alive = False
+                    if not args.reconnect:
+                        return
+                    gevent.sleep(1.0)
+                finally:
+                    if self.sock is not None:
+                        self.sock.close()
+                        self.sock = None
+
+        def session(self) -> None:
+            started = time.perf_counter()
+            source = (f"127.0.0.{1 + self.index % args.src_ips}", 0) if args.src_ips > 1 else None
+            self.sock = socket.create_connection((args.host, args.port), timeout=30, source_address=source)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if args.configure:
+                self.call(1, "mining.configure", [["version-rolling"], {"version-rolling.mask": "1fffe000"}])
+            reply = self.call(2, "mining.subscribe", ["gstratum-loadtest/1.0"])
+            self.extranonce1 = bytes.fromhex(reply["result"][1])
+            self.call(3, "mining.authorize", [f"{args.worker_prefix}.{args.child_index}.{self.index}", "x"])
+            handshake_ms.append((time.perf_counter() - started) * 1000)
+            self.alive = True
+            stats["connected"] += 1
+            stats["subscribed"] += 1
+            stats["handshakes"] += 1
+            self.sock.settimeout(None)
+            while time.monotonic() < deadline:
+                self.on_message(self.readline())
+
+        def submit_one(self) -> None:
+            job = self.job
+            if not self.alive or job is None:
+                return
+            template = templates.get(job[0])
+            if template is None:
+                template = templates[job[0]] = HeaderTemplate.from_stratum(job[1], job[2], job[3], job[4], job[5],
+                                                                           job[6])
+            self.en2 += 1
+            en2 = (self.en2 & 0xFFFFFFFF).to_bytes(4, "big")
+            found = find_share(template, self.extranonce1, en2, job[7], int(job[5], 16),
+                               bitcoin.target_from_difficulty(self.difficulty), max_tries=3000)
+            if found is None:
+                return
+            self.next_id += 1
+            self.pending[self.next_id] = time.perf_counter()
+            try:
+                self.sock.sendall(ujson.dumps({"id": self.next_id, "method": "mining.submit", "params": [
+                    f"{args.worker_prefix}.{args.child_index}.{self.index}", job[0], en2.hex(), job[7],
+                    found[0]]}).encode() + b"\n")
+            except OSError:
+                self.pending.pop(self.next_id, None)
+
+    def on_failure(greenlet) -> None:
+        stats["errors"] += 1
+        if len(error_samples) < 5:
+            error_samples.append(repr(greenlet.exception))
+
+    group = gevent.pool.Group()
+    miners = [Miner(i) for i in range(args.child_miners)]
+
+    def ramp() -> None:
+        interval = 1.0 / args.child_ramp if args.child_ramp > 0 else 0
+        for miner in miners:
+            if time.monotonic() > deadline:
+                return
+            group.spawn(miner.run).link_exception(on_failure)
+            if interval:
+                gevent.sleep(interval)
+
+    def submitter() -> None:
+        rate = args.share_rate * len(miners)
+        if rate <= 0:
+            return
+        position = 0
+        tick = 0.05
+        while time.monotonic() < deadline:
+            for _ in range(max(1, int(rate * tick))):
+                miners[position % len(miners)].submit_one()
+                position += 1
+            gevent.sleep(tick)
+
+    def reporter() -> None:
+        while True:
+            out.write(json.dumps({"type": "progress", **stats}) + "\n")
+            out.flush()
+            gevent.sleep(1.0)
+
+    ramper = gevent.spawn(ramp)
+    ramper.link_exception(on_failure)
+    ramper.join()
+    run_until = time.monotonic() + args.duration
+    sub = gevent.spawn(submitter)
+    rep = gevent.spawn(reporter)
+    while time.monotonic() < min(run_until, deadline):
+        gevent.sleep(0.2)
+    sub.kill()
+    rep.kill()
+    final_stats = dict(stats)
+    group.kill(timeout=5)
+    out.write(json.dumps({"type": "final", **final_stats, "handshake_ms": handshake_ms,
+                          "share_ms": share_ms[-200_000:], "jobs": jobs, "errors_sample": error_samples}) + "\n")
+    out.flush()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# parent: processes, progress, report
+# ------------------------------------------------------------------------------------------------------------------
+def server_cpu(pid: int | None) -> float:
+    """utime + stime of a process, in seconds, from /proc/<pid>/stat (0 when no pid is given)."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(finals: list[dict], args: argparse.Namespace, timeline: list[dict], elapsed: float) -> dict:
+    handshakes = [v for f in finals for v in f["handshake_ms"]]
+    shares = [v for f in finals for v in f["share_ms"]]
+    jobs: dict[str, list] = {}
+    for f in finals:
+        for job_id, (count, first, last) in f["jobs"].items():
+            entry = jobs.setdefault(job_id, [0, first, last])
+            entry[0] += count
+            entry[1] = min(entry[1], first)
+            entry[2] = max(entry[2], last)
+    subscribed = sum(f["subscribed"] for f in finals)
+    # the first job each miner sees is the one sent with its subscribe: only broadcasts measure fan-out
+    broadcasts = sorted(jobs.items(), key=lambda item: item[1][1])[1:]
+    fanout = [{"job_id": j, "reached": c, "fraction": round(c / subscribed, 4) if subscribed else 0.0,
+               "spread_ms": round((last - first) * 1000, 2)} for j, (c, first, last) in broadcasts]
+    full = [f for f in fanout if f["fraction"] >= 0.999]
+    spreads = [f["spread_ms"] for f in full]
+    result = {
+        "miners": args.miners, "procs": args.procs, "duration_s": args.duration, "elapsed_s": round(elapsed, 1),
+        "subscribed": subscribed, "handshakes": sum(f["handshakes"] for f in finals),
+        "handshake_ms": {"p50": percentile(handshakes, 50), "p99": percentile(handshakes, 99),
+                         "max": max(handshakes) if handshakes else None},
+        "shares_accepted": sum(f["accepted"] for f in finals), "shares_rejected": sum(f["rejected"] for f in finals),
+        "shares_per_second": round(sum(f["accepted"] for f in finals) / max(args.duration, 1e-9), 1),
+        "share_rtt_ms": {"p50": percentile(shares, 50), "p99": percentile(shares, 99)},
+        "jobs": fanout, "jobs_reaching_all": len(full),
+        "fanout_spread_ms": {"p50": percentile(spreads, 50), "p99": percentile(spreads, 99),
+                             "max": max(spreads) if spreads else None},
+        "drops": sum(f["drops"] for f in finals), "errors": sum(f["errors"] for f in finals),
+        "connect_failures": sum(f["connect_failures"] for f in finals),
+        "errors_sample": [e for f in finals for e in f["errors_sample"]][:10], "timeline": timeline,
+    }
+    return result
+
+
+def markdown(result: dict) -> str:
+    def fmt(value):
+        return "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+
+    rows = [("miners subscribed", f"{result['subscribed']} / {result['miners']}"),
+            ("handshake p50 / p99 / max (ms)", " / ".join(fmt(result["handshake_ms"][k]) for k in ("p50", "p99", "max"))),
+            ("shares accepted / rejected", f"{result['shares_accepted']} / {result['shares_rejected']}"),
+            ("accepted shares/s", fmt(result["shares_per_second"])),
+            ("share round trip p50 / p99 (ms)", " / ".join(fmt(result["share_rtt_ms"][k]) for k in ("p50", "p99"))),
+            ("jobs broadcast / reaching every miner", f"{len(result['jobs'])} / {result['jobs_reaching_all']}"),
+            ("fan-out spread p50 / p99 / max (ms)",
+             " / ".join(fmt(result["fanout_spread_ms"][k]) for k in ("p50", "p99", "max"))),
+            ("server CPU per operation (us)", fmt(result.get("server_cpu_us_per_op"))),
+            ("drops / errors / connect failures",
+             f"{result['drops']} / {result['errors']} / {result['connect_failures']}")]
+    return "| what | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+def plot(result: dict, path: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -r scripts/requirements-scripts.txt") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [p["t"] for p in result["timeline"]]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.plot(t, [p["connected"] for p in result["timeline"]], label="connected miners")
+    top.set_ylabel("miners")
+    top.legend()
+    bottom.plot(t, [p["accepted_per_s"] for p in result["timeline"]], label="accepted shares/s")
+    bottom.plot(t, [p["handshakes_per_s"] for p in result["timeline"]], label="handshakes/s")
+    bottom.set_xlabel("seconds")
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def parent_main(args: argparse.Namespace) -> int:
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(args.host))
+    except (OSError, ValueError):
+        print(f"loadtest: cannot resolve {args.host}", file=sys.stderr)
+        return 2
+    if not address.is_loopback and not args.allow_remote:
+        print(f"loadtest: {args.host} is not a loopback address; refusing (use --allow-remote for your own hosts)",
+              file=sys.stderr)
+        return 2
+    ramp_seconds = args.miners / args.ramp if args.ramp > 0 else 0
+    hard = ramp_seconds + args.duration + 30
+    per_proc = [args.miners // args.procs + (1 if i < args.miners % args.procs else 0) for i in range(args.procs)]
+    children = []
+    for index, count in enumerate(per_proc):
+        if count == 0:
+            continue
+        cmd = [sys.executable, __file__, "--child-index", str(index), "--child-miners", str(count),
+               "--child-ramp", str(args.ramp / args.procs if args.ramp > 0 else 0), "--hard-deadline", str(hard),
+               "--host", str(address), "--port", str(args.port), "--duration", str(args.duration),
+               "--share-rate", str(args.share_rate), "--src-ips", str(args.src_ips),
+               "--worker-prefix", args.worker_prefix] + (["--configure"] if args.configure else []) + (
+               ["--reconnect"] if args.reconnect else [])
+        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+    cpu_before = server_cpu(args.server_pid)
+    selector = selectors.DefaultSelector()
+    for child in children:
+        selector.register(child.stdout, selectors.EVENT_READ, child)
+    latest: dict[int, dict] = {}
+    finals: dict[int, dict] = {}
+    timeline: list[dict] = []
+    started = time.monotonic()
+    last_print = started
+    previous = {"handshakes": 0, "accepted": 0}
+    while len(finals) < len(children) and time.monotonic() - started < hard + 15:
+        for key, _ in selector.select(timeout=0.5):
+            child = key.data
+            line = child.stdout.readline()
+            if not line:
+                selector.unregister(child.stdout)
+                finals.setdefault(child.pid, None)
+                continue
+            message = json.loads(line)
+            if message["type"] == "final":
+                finals[child.pid] = message
+            else:
+                latest[child.pid] = message
+        now = time.monotonic()
+        if now - last_print >= 1.0:
+            total = {k: sum(m[k] for m in latest.values()) for k in ("connected", "handshakes", "accepted",
+                                                                      "rejected", "drops", "errors")}
+            dt = now - last_print
+            point = {"t": round(now - started, 1), "connected": total["connected"],
+                     "handshakes_per_s": round((total["handshakes"] - previous["handshakes"]) / dt, 1),
+                     "accepted_per_s": round((total["accepted"] - previous["accepted"]) / dt, 1)}
+            timeline.append(point)
+            previous = total
+            last_print = now
+            print(f"\r[{point['t']:6.1f}s] connected {total['connected']:6d}  handshakes/s {point['handshakes_per_s']:7.1f}"
+                  f"  shares/s {point['accepted_per_s']:8.1f} acc, rejected {total['rejected']}  drops {total['drops']}"
+                  f"  errors {total['errors']}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    for child in children:
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    usable = [f for f in finals.values() if f]
+    if len(usable) < len(children):
+        print(f"loadtest: {len(children) - len(usable)} child process(es) gave no report", file=sys.stderr)
+    result = report(usable, args, timeline, time.monotonic() - started)
+    if args.server_pid:
+        cpu = server_cpu(args.server_pid) - cpu_before
+        ops = result["handshakes"] + result["shares_accepted"] + result["shares_rejected"]
+        result["server_cpu_s"] = round(cpu, 3)
+        result["server_cpu_us_per_op"] = round(cpu / ops * 1e6, 1) if ops else None
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        plot(result, args.plot)
+    return 0 if len(usable) == len(children) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3333)
+    parser.add_argument("--miners", type=int, default=1000)
+    parser.add_argument("--procs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ramp", type=float, default=1000.0, help="new miners per second, all processes (0: all at once)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds to stay connected after the ramp")
+    parser.add_argument("--share-rate", type=float, default=0.0, help="shares per second per miner")
+    parser.add_argument("--configure", action="store_true", help="send mining.configure (version rolling) first")
+    parser.add_argument("--reconnect", action="store_true", help="reconnect when the server drops a miner")
+    parser.add_argument("--src-ips", type=int, default=1, help="spread miners over 127.0.0.1..N source addresses")
+    parser.add_argument("--worker-prefix", default="load")
+    parser.add_argument("--json", help="write the report as JSON to this file")
+    parser.add_argument("--plot", help="write a PNG plot (needs matplotlib)")
+    parser.add_argument("--server-pid", type=int, help="report this server process's CPU time per operation")
+    parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target (your own hosts)")
+    parser.add_argument("--child-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-miners", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-ramp", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--hard-deadline", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_index is not None:
+        return child_main(args)
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
