@@ -33,6 +33,7 @@ class Job:
     clean_jobs: bool
     height: int
     created_at: float = field(default_factory=time.time)
+    seq: int = 0            # order in which this process's job book took the job (set by JobBook.add)
     _lines: dict = field(default_factory=dict, repr=False)
     _template: object = field(default=None, repr=False)
 
@@ -143,6 +144,7 @@ class JobBook:
     def __init__(self, keep: int = 8) -> None:
         self.keep = keep
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self.latest_seq = 0
 
     @property
     def current(self) -> Job | None:
@@ -151,6 +153,8 @@ class JobBook:
         return next(reversed(self._jobs.values()))
 
     def add(self, job: Job) -> None:
+        self.latest_seq += 1
+        job.seq = self.latest_seq
         if job.clean_jobs:
             self._jobs.clear()
         self._jobs[job.job_id] = job

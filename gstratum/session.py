@@ -74,9 +74,10 @@ class Session:
         self._extranonce1_bytes = b""
         self.workers: set[str] = set()
         self.difficulty = services.difficulty
-        self._job_difficulty: dict[str, float] = {}
+        self._changes: list[tuple[int, float]] = [(0, self.difficulty)]   # (first job seq, difficulty)
+        self._first_seq = 1 << 62                                          # no job sent yet
         self._seen: dict[str, set] = {}
-        self._aliases: dict[str, str] = {}       # per-miner job id of a re-sent job -> the job's own id
+        self._aliases: dict[str, tuple[str, float]] = {}   # re-sent job's per-miner id -> (job id, difficulty)
         self._retargets = 0
         self.version_mask = 0
         self.suggested: float | None = None
@@ -121,32 +122,45 @@ class Session:
             return [rpc.encode_error(request_id, StratumError(OTHER, "Internal error"))]
 
     # -- jobs going out -----------------------------------------------------------------------------------------
-    def job_line(self, job: Job, clean_jobs: bool | None = None) -> bytes:
-        """The notify line for `job`, remembering the difficulty its shares will be judged at."""
-        self._job_difficulty[job.job_id] = self.difficulty
-        if len(self._job_difficulty) > 4 * self.services.jobs.keep:
-            self._forget_dead_jobs()
-        return job.notify_line(clean_jobs)
-
-    def _forget_dead_jobs(self) -> None:
-        live = self.services.jobs
-        for job_id in [j for j in self._job_difficulty if self._aliases.get(j, j) not in live]:
-            del self._job_difficulty[job_id]
-            self._aliases.pop(job_id, None)
-            self._seen.pop(job_id, None)
+    # Each share is judged at the difficulty in force when its job was sent to this miner. Rather than writing
+    # an entry per miner per broadcast, the session keeps the few moments its difficulty changed, as positions in
+    # the job sequence: a broadcast then costs one shared line and one send per miner, nothing else.
+    def retarget_due(self, now: float) -> bool:
+        """Whether vardiff may want to change this miner's difficulty before the next job (cheap check)."""
+        vardiff = self.vardiff
+        return vardiff.policy.enabled and now - vardiff.since >= vardiff.policy.retarget_after
 
     def broadcast_lines(self, job: Job) -> list[bytes]:
-        """What a new job costs this miner: a retarget first when one is due, then the job."""
+        """What a new job costs this miner when a retarget is due: set_difficulty first, then the job."""
         lines = []
         proposal = self.vardiff.proposal(self.difficulty, self.services.clock())
         if proposal is not None:
-            lines.append(self._set_difficulty(proposal))
-        lines.append(self.job_line(job))
+            lines.append(self._set_difficulty(self._bounded(proposal), applies_from=job.seq))
+        lines.append(job.notify_line())
         return lines
 
-    def _set_difficulty(self, difficulty: float) -> bytes:
+    def _set_difficulty(self, difficulty: float, applies_from: int | None = None) -> bytes:
+        """Change the difficulty for jobs from sequence `applies_from` on (default: jobs not yet sent)."""
         self.difficulty = difficulty
+        start = self.services.jobs.latest_seq + 1 if applies_from is None else applies_from
+        self._changes.append((start, difficulty))
+        if len(self._changes) > 32:
+            del self._changes[:-32]
         return rpc.encode_notification("mining.set_difficulty", [difficulty])
+
+    def job_and_difficulty(self, job_id: str) -> tuple[Job | None, float]:
+        """The live job a submitted id names and the difficulty it was sent at; (None, current) if stale or never
+        sent to this miner."""
+        alias = self._aliases.get(job_id)
+        if alias is not None:
+            return self.services.jobs.get(alias[0]), alias[1]
+        job = self.services.jobs.get(job_id)
+        if job is None or job.seq < self._first_seq:
+            return None, self.difficulty
+        for start, difficulty in reversed(self._changes):
+            if job.seq >= start:
+                return job, difficulty
+        return job, self._changes[0][1]
 
     def _retarget_lines(self, difficulty: float) -> list[bytes]:
         """set_difficulty, then the current job again under a new id (clean_jobs false) so the new difficulty
@@ -157,8 +171,9 @@ class Session:
         if current is not None and self.subscribed:
             self._retargets += 1
             alias = f"{current.job_id}r{self._retargets}"
-            self._aliases[alias] = current.job_id
-            self._job_difficulty[alias] = difficulty
+            self._aliases[alias] = (current.job_id, difficulty)
+            if len(self._aliases) > 64:
+                self._aliases = {k: v for k, v in self._aliases.items() if v[0] in self.services.jobs}
             params = current.notify_params(False)
             params[0] = alias
             lines.append(rpc.encode_notification("mining.notify", params))
@@ -195,10 +210,13 @@ class Session:
             self.services.on_subscribed(self, difficulty_sub_id)
         result = [[["mining.set_difficulty", difficulty_sub_id], ["mining.notify", session]], extranonce1,
                   self.services.extranonce2_size]
-        lines = [rpc.encode_result(req.id, result), self._set_difficulty(self.difficulty)]
         current = self.services.jobs.current
+        self._first_seq = current.seq if current is not None else self.services.jobs.latest_seq + 1
+        self._changes = [(0, self.difficulty)]
+        lines = [rpc.encode_result(req.id, result),
+                 rpc.encode_notification("mining.set_difficulty", [self.difficulty])]
         if current is not None:
-            lines.append(self.job_line(current, clean_jobs=True))
+            lines.append(current.notify_line(True))
         self.vardiff.reset(self.services.clock())
         return lines
 
@@ -289,7 +307,7 @@ class Session:
         params = req.params
         worker = params[0][:MAX_WORKER_NAME] if params and isinstance(params[0], str) else ""
         job_id = params[1] if len(params) > 1 and isinstance(params[1], str) else ""
-        difficulty = self._job_difficulty.get(job_id, self.difficulty)
+        job, difficulty = self.job_and_difficulty(job_id) if self.subscribed else (None, self.difficulty)
         record = _ShareRecord(self, worker, job_id, difficulty, now)
         try:
             if not self.subscribed:
@@ -298,9 +316,7 @@ class Session:
                 raise StratumError(UNAUTHORIZED, "Unauthorized worker", req.id)
             extranonce2, ntime, nonce, version_bits = self._parse_submit(params, req.id)
             record.fields(extranonce2, ntime, nonce, version_bits)
-            base_id = self._aliases.get(job_id, job_id)
-            job = services.jobs.get(base_id)
-            if job is None or job_id not in self._job_difficulty:
+            if job is None:
                 raise StratumError(JOB_NOT_FOUND, "Job not found (stale)", req.id)
             ntime_int = int(ntime, 16)
             if ntime_int < job.ntime_int or ntime_int > now + MAX_NTIME_AHEAD:
@@ -312,7 +328,11 @@ class Session:
                     raise StratumError(OTHER, "Version bits outside the negotiated mask", req.id)
                 version = (version & ~self.version_mask) | (bits & self.version_mask)
             key = (extranonce2, ntime, nonce, version)
-            seen = self._seen.setdefault(base_id, set())
+            seen = self._seen.get(job.job_id)
+            if seen is None:
+                if len(self._seen) >= services.jobs.keep:
+                    self._seen = {k: v for k, v in self._seen.items() if k in services.jobs}
+                seen = self._seen[job.job_id] = set()
             if key in seen:
                 raise StratumError(DUPLICATE_SHARE, "Duplicate share", req.id)
             template = job.template
