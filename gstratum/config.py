@@ -25,7 +25,7 @@ class Config:
     pgdata: Path = Path(".gstratum/pgdata")
     notify_interval: float = 30.0
     difficulty: float = 1.0
-    min_difficulty: float = 1e-8
+    min_difficulty: float = 1e-10
     max_difficulty: float = 2.0**40
     extranonce2_size: int = 4
     max_line: int = 16 * 1024
@@ -59,7 +59,7 @@ class Config:
     log_format: str = "text"
     runtime_dir: Path = Path(".gstratum/run")
     fake_txs: int = 0
-    nbits: str = "207fffff"
+    nbits: str = "1d00ffff"
     clean_every: int = 4
     vardiff: int = 1
     target_share_interval: float = 10.0
@@ -70,7 +70,8 @@ class Config:
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
         _check(self.notify_interval > 0, "notify_interval", "must be > 0")
-        _check(1e-8 <= self.min_difficulty <= self.max_difficulty, "min_difficulty", "must be in [1e-8, max_difficulty]")
+        _check(1e-12 <= self.min_difficulty <= self.max_difficulty, "min_difficulty",
+               "must be in [1e-12, max_difficulty]")
         _check(self.min_difficulty <= self.difficulty <= self.max_difficulty, "difficulty",
                "must be within [min_difficulty, max_difficulty]")
         _check(2 <= self.extranonce2_size <= 8, "extranonce2_size", "must be 2..8")
@@ -141,7 +142,7 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--pgdata", type=Path, help="data folder of the embedded PostgreSQL (default .gstratum/pgdata)")
     add("--notify-interval", dest="notify_interval", type=float, help="seconds between new jobs (default 30)")
     add("--difficulty", type=float, help="starting share difficulty of every miner (default 1)")
-    add("--min-difficulty", dest="min_difficulty", type=float, help="lowest difficulty (default 1e-8)")
+    add("--min-difficulty", dest="min_difficulty", type=float, help="lowest difficulty (default 1e-10)")
     add("--max-difficulty", dest="max_difficulty", type=float, help="highest difficulty")
     add("--max-connections", dest="max_connections", type=int, help="connection cap (default 20000)")
     add("--max-line", dest="max_line", type=int, help="longest accepted request line in bytes (default 16384)")
@@ -168,7 +169,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--runtime-dir", dest="runtime_dir", type=Path,
         help="where --workers processes leave their stats snapshots for the supervisor (.gstratum/run)")
     add("--fake-txs", dest="fake_txs", type=int, help="random txids in each job's merkle branch (default 0)")
-    add("--nbits", help="network target of jobs, 8 hex (default 207fffff, regtest-like)")
+    add("--nbits", help="network target of jobs, 8 hex (default 1d00ffff: difficulty 1; 207fffff makes nearly "
+                            "every share a block candidate)")
     add("--clean-every", dest="clean_every", type=int, help="every Nth job is a new block, clean_jobs=true (4)")
     add("--vardiff", type=int, choices=[0, 1], help="per-miner variable difficulty on/off (default 1)")
     add("--target-share-interval", dest="target_share_interval", type=float,

@@ -14,7 +14,7 @@ from typing import Protocol
 from . import bitcoin, rpc
 
 POOL_TAG = b"/gstratum/"
-DEFAULT_NBITS = 0x207FFFFF  # regtest-like: nearly every hash is a block candidate on the network target
+DEFAULT_NBITS = 0x1D00FFFF  # network difficulty 1: shares at the tiny test difficulties are rarely "blocks"
 # Where payouts go when the operator configures nothing: OP_TRUE (anyone-can-spend; fine for randomized jobs).
 DEFAULT_PAYOUT_SCRIPT = bytes([0x51])
 BLOCK_SUBSIDY = 312_500_000

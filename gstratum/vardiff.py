@@ -15,7 +15,7 @@ class VardiffPolicy:
     retarget_after: float = 60.0       # at most one retarget per this many seconds
     tolerance: float = 2.0             # change only when off by more than this factor
     max_step: float = 16.0             # largest change in one retarget (either way)
-    min_difficulty: float = 1e-8
+    min_difficulty: float = 1e-10
     max_difficulty: float = 2.0**40
     enabled: bool = True
 

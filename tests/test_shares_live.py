@@ -144,3 +144,20 @@ def test_vardiff_raises_a_fast_miners_difficulty_and_shares_stay_accepted(start_
     assert difficulties[0] == 0.00001
     assert len(difficulties) >= 2 and difficulties[-1] > difficulties[0], difficulties
     assert report.accepted > 0 and report.rejected_total == 0, report
+
+
+def test_block_candidate_is_logged_and_recorded(start_server, db):
+    # a regtest-like network target: nearly every share is also a block
+    server = start_server("--difficulty", "0.00002", "--nbits", "207fffff", "--notify-interval", "30")
+    worker = f"lucky-{time.time_ns()}"
+    with StratumClient(server.host, server.port) as client:
+        client.subscribe()
+        client.authorize(worker)
+        report = mine(client, worker, duration=60, max_shares=2)
+    assert report.accepted == 2
+    rows = wait_count(db, "SELECT count(*) FROM blocks WHERE worker = %s", worker, expect=[(2,)])
+    assert rows == [(2,)]
+    header, block_hash = query(db, "SELECT header, block_hash FROM blocks WHERE worker = %s LIMIT 1", worker)[0]
+    assert len(bytes.fromhex(header)) == 80
+    assert bitcoin.sha256d(bytes.fromhex(header))[::-1].hex() == block_hash
+    assert "BLOCK CANDIDATE" in server.log() and block_hash in server.log()
