@@ -69,8 +69,8 @@ class Journal:
         self.open()
         return target
 
-    def pending_files(self) -> list[Path]:
-        """Files waiting for replay: our rotated ones, and any whose owning process is gone (flock free)."""
+    def pending_files(self, own_only: bool = False) -> list[Path]:
+        """Files waiting for replay: our rotated ones, and (unless own_only) any whose owning process is gone."""
         if not self.directory.exists():
             return []
         pending = []
@@ -78,7 +78,7 @@ class Journal:
             if path == self.path:
                 continue
             owner = path.name.split(".replay-")[0].removesuffix(".jsonl")
-            if owner == self.name or not _owner_alive(self.directory / f"{owner}.jsonl"):
+            if owner == self.name or (not own_only and not _owner_alive(self.directory / f"{owner}.jsonl")):
                 pending.append(path)
         return pending
 
@@ -95,11 +95,10 @@ class Journal:
     def close(self) -> None:
         self.sync()
         if self._file is not None:
-            empty = self._file.tell() == 0
+            if self._file.tell() == 0:
+                self.path.unlink(missing_ok=True)   # while we still hold the lock: nobody takes it for an orphan
             self._file.close()
             self._file = None
-            if empty:
-                self.path.unlink(missing_ok=True)
 
 
 def _owner_alive(live_file: Path) -> bool:

@@ -251,7 +251,7 @@ class Writer:
                         self.journal.path.name)
         if self.journal is not None:
             self.journal.close()
-            written = written and not self.journal.path.exists() and not self.journal.pending_files()
+            written = written and not self.journal.path.exists() and not self.journal.pending_files(own_only=True)
         if self._queue:
             log.error("writer stopped with %d rows not written (%s)", len(self._queue), self.last_error)
         return written

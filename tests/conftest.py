@@ -73,6 +73,16 @@ def query(conn, sql: str, *params):
         return cur.fetchall()
 
 
+def wait_rows(conn, sql: str, *params, expect, timeout: float = 10.0):
+    """Poll until the query returns `expect` (rows are written asynchronously by the writer); return the last rows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = query(conn, sql, *params)
+        if rows == expect or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import ujson
 
 from gstratum.client import StratumClient, StratumRejected, validate_notify
 
-from .conftest import query
+from .conftest import query, wait_rows
 
 
 def connect(server, timeout=10.0) -> StratumClient:
@@ -27,16 +27,6 @@ def raw_exchange(sock: socket.socket, payload: bytes, replies: int = 1, timeout:
             break
         buf += data
     return [ujson.loads(line) for line in buf.split(b"\n") if line.strip()]
-
-
-def wait_rows(db, sql, *params, expect, timeout=10.0):
-    """Poll until the query returns `expect` (rows are written asynchronously by the writer)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = query(db, sql, *params)
-        if rows == expect or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 def test_subscribe_authorize_and_first_job(server):

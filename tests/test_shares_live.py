@@ -7,16 +7,7 @@ from gstratum import bitcoin
 from gstratum.client import StratumClient, StratumRejected
 from gstratum.mining import bad_share_checks, mine
 
-from .conftest import query
-
-
-def wait_count(db, sql, *params, expect, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = query(db, sql, *params)
-        if rows == expect or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+from .conftest import query, wait_rows
 
 
 def test_client_mines_at_tiny_difficulty_and_every_share_is_accepted(start_server, db):
@@ -29,7 +20,7 @@ def test_client_mines_at_tiny_difficulty_and_every_share_is_accepted(start_serve
         report = mine(client, worker, duration=4)
     assert report.accepted >= 5, report
     assert report.rejected_total == 0, report.rejected
-    rows = wait_count(db, "SELECT accepted, error_code, count(*) FROM shares WHERE worker = %s GROUP BY 1, 2",
+    rows = wait_rows(db, "SELECT accepted, error_code, count(*) FROM shares WHERE worker = %s GROUP BY 1, 2",
                       worker, expect=[(True, None, report.accepted)])
     assert rows == [(True, None, report.accepted)]
     achieved = query(db, "SELECT min(achieved), min(difficulty) FROM shares WHERE worker = %s", worker)[0]
@@ -47,7 +38,7 @@ def test_each_bad_share_gets_its_code_and_a_row(start_server, db):
     for kind, (expected, got) in results.items():
         assert expected == got, f"{kind}: expected {expected}, got {got}"
     # one row per submit ("unauthorized worker" is recorded under the name it claimed)
-    rows = wait_count(db, "SELECT count(*) FROM shares WHERE worker = %s", worker, expect=[(10,)])
+    rows = wait_rows(db, "SELECT count(*) FROM shares WHERE worker = %s", worker, expect=[(10,)])
     assert rows == [(10,)]
     codes = dict(query(db, "SELECT coalesce(error_code, 0), count(*) FROM shares WHERE worker = %s GROUP BY 1",
                        worker))
@@ -155,7 +146,7 @@ def test_block_candidate_is_logged_and_recorded(start_server, db):
         client.authorize(worker)
         report = mine(client, worker, duration=60, max_shares=2)
     assert report.accepted == 2
-    rows = wait_count(db, "SELECT count(*) FROM blocks WHERE worker = %s", worker, expect=[(2,)])
+    rows = wait_rows(db, "SELECT count(*) FROM blocks WHERE worker = %s", worker, expect=[(2,)])
     assert rows == [(2,)]
     header, block_hash = query(db, "SELECT header, block_hash FROM blocks WHERE worker = %s LIMIT 1", worker)[0]
     assert len(bytes.fromhex(header)) == 80
