@@ -58,15 +58,18 @@ def child_main(args: argparse.Namespace) -> int:
     templates: dict[str, HeaderTemplate] = {}
     jobs: dict[str, list] = {}          # job id -> [count, first arrival, last arrival]
     stats = {"connected": 0, "subscribed": 0, "handshakes": 0, "accepted": 0, "rejected": 0, "drops": 0,
-             "errors": 0, "connect_failures": 0}
+             "errors": 0, "connect_failures": 0, "reconnects_requested": 0, "resumed_same": 0, "resumed_changed": 0}
     handshake_ms: list[float] = []
     share_ms: list[float] = []
     error_samples: list[str] = []
     deadline = time.monotonic() + args.hard_deadline
 
+    class Reconnect(Exception):
+        """The server asked for client.reconnect: leave and come back, resuming the session."""
+
     class Miner:
         __slots__ = ("index", "sock", "buffer", "extranonce1", "difficulty", "job", "pending", "next_id", "en2",
-                     "alive")
+                     "alive", "session_id")
 
         def __init__(self, index: int) -> None:
             self.index = index
@@ -79,6 +82,7 @@ def child_main(args: argparse.Namespace) -> int:
             self.next_id = 10
             self.en2 = 0
             self.alive = False
+            self.session_id = None
 
         def readline(self) -> dict:
             while b"\n" not in self.buffer:
@@ -105,6 +109,8 @@ def child_main(args: argparse.Namespace) -> int:
             if method == "mining.set_difficulty":
                 self.difficulty = float(message["params"][0])
                 return None
+            if method == "client.reconnect":
+                raise Reconnect()
             if method is not None:
                 return None
             sent = self.pending.pop(message.get("id"), None)
@@ -132,6 +138,13 @@ def child_main(args: argparse.Namespace) -> int:
             while time.monotonic() < deadline:
                 try:
                     self.session()
+                except Reconnect:
+                    stats["reconnects_requested"] += 1
+                    stats["connected"] -= 1
+                    stats["subscribed"] -= 1
+                    self.alive = False
+                    self.pending.clear()
+                    continue
                 except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
                     if self.alive:
                         stats["drops"] += 1
@@ -157,8 +170,13 @@ def child_main(args: argparse.Namespace) -> int:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if args.configure:
                 self.call(1, "mining.configure", [["version-rolling"], {"version-rolling.mask": "1fffe000"}])
-            reply = self.call(2, "mining.subscribe", ["gstratum-loadtest/1.0"])
-            self.extranonce1 = bytes.fromhex(reply["result"][1])
+            params = ["gstratum-loadtest/1.0"] + ([self.session_id] if self.session_id else [])
+            reply = self.call(2, "mining.subscribe", params)
+            extranonce1 = bytes.fromhex(reply["result"][1])
+            if self.session_id is not None:
+                stats["resumed_same" if extranonce1 == self.extranonce1 else "resumed_changed"] += 1
+            self.extranonce1 = extranonce1
+            self.session_id = reply["result"][0][1][1]
             self.call(3, "mining.authorize", [f"{args.worker_prefix}.{args.child_index}.{self.index}", "x"])
             handshake_ms.append((time.perf_counter() - started) * 1000)
             self.alive = True
@@ -236,8 +254,12 @@ def child_main(args: argparse.Namespace) -> int:
     while time.monotonic() < min(run_until, deadline):
         gevent.sleep(0.2)
     sub.kill()
+    settle = time.monotonic() + 5.0      # let the replies to shares in flight arrive, so the counts are exact
+    while any(m.pending for m in miners) and time.monotonic() < settle:
+        gevent.sleep(0.05)
     rep.kill()
     final_stats = dict(stats)
+    final_stats["unanswered"] = sum(len(m.pending) for m in miners)
     group.kill(timeout=5)
     out.write(json.dumps({"type": "final", **final_stats, "handshake_ms": handshake_ms,
                           "share_ms": share_ms[-200_000:], "jobs": jobs, "errors_sample": error_samples}) + "\n")
@@ -285,6 +307,10 @@ def report(finals: list[dict], args: argparse.Namespace, timeline: list[dict], e
         "fanout_spread_ms": {"p50": percentile(spreads, 50), "p99": percentile(spreads, 99),
                              "max": max(spreads) if spreads else None},
         "drops": sum(f["drops"] for f in finals), "errors": sum(f["errors"] for f in finals),
+        "unanswered_shares": sum(f.get("unanswered", 0) for f in finals),
+        "reconnects_requested": sum(f["reconnects_requested"] for f in finals),
+        "resumed_same_extranonce1": sum(f["resumed_same"] for f in finals),
+        "resumed_changed_extranonce1": sum(f["resumed_changed"] for f in finals),
         "connect_failures": sum(f["connect_failures"] for f in finals),
         "errors_sample": [e for f in finals for e in f["errors_sample"]][:10], "timeline": timeline,
     }

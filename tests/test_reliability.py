@@ -200,3 +200,49 @@ def test_sigkill_loses_at_most_one_flush_interval(schema):
     assert report["acknowledged"] > 1000
     # the writer flushes every 50 ms; a batch in flight at the kill may add one more interval
     assert report["oldest_missing_ms"] <= 150, report
+
+
+def test_outage_with_1000_miners_submitting_every_share_row_kept(start_server, embedded_pg, fresh_db, tmp_path):
+    """The issue's scenario with the project's load tool: 1,000 miners submit real shares while PostgreSQL is
+    stopped for 30 s; no miner is dropped and every answered share is a row afterwards."""
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from .conftest import ROOT
+
+    server = start_server("--difficulty", "0.000001", "--notify-interval", "5", "--clean-every", "1000",
+                          env={"GSTRATUM_WRITER_QUEUE": "1000", "GSTRATUM_WRITER_BATCH": "500"})
+    prefix = f"outage{time.time_ns()}"
+    out = tmp_path / "load.json"
+    load = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--port", str(server.port),
+                             "--miners", "1000", "--procs", "2", "--ramp", "1000", "--duration", "40",
+                             "--share-rate", "0.2", "--src-ips", "4", "--worker-prefix", prefix, "--json", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5)          # ramp done, shares flowing
+        embedded_pg.stop()
+        stopped_at = time.monotonic()
+        threading.Event().wait(30)
+    finally:
+        embedded_pg.start()
+    assert time.monotonic() - stopped_at >= 30
+    assert load.wait(120) == 0
+    report = json.loads(out.read_text())
+    assert report["subscribed"] == 1000 and report["drops"] == 0 and report["errors"] == 0
+    assert report["unanswered_shares"] == 0
+    answered = report["shares_accepted"] + report["shares_rejected"]
+    assert report["shares_accepted"] > 2000
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            rows = query(fresh_db(), "SELECT count(*) FROM shares WHERE worker LIKE %s", f"{prefix}.%")[0][0]
+        except Exception:  # the database may still be starting
+            rows = -1
+        if rows == answered:
+            break
+        time.sleep(0.5)
+    assert rows == answered
+    assert "spilled" in server.log() or "database write of" in server.log()
+    assert "replayed" in server.log()

@@ -90,3 +90,35 @@ def test_sighup_hands_every_miner_to_a_successor(start_server):
             m.deadline = deadline
         for m in miners:
             m.join(5)
+
+
+def test_takeover_under_the_load_tool(start_server, tmp_path):
+    """The issue's scenario: the project's load tool keeps 300 miners (sharing) while SIGHUP swaps the process."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    server = start_server("--drain-period", "2", "--difficulty", "0.000001", "--clean-every", "1000")
+    out = tmp_path / "load.json"
+    load = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--port", str(server.port),
+                             "--miners", "300", "--procs", "2", "--ramp", "600", "--duration", "12",
+                             "--share-rate", "0.5", "--reconnect", "--json", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    successor = None
+    try:
+        time.sleep(4)
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.proc.wait(30) == 0
+        successor = int(re.search(r"takeover: started successor pid (\d+)", server.log()).group(1))
+        assert load.wait(90) == 0
+    finally:
+        if successor:
+            os.kill(successor, signal.SIGTERM)
+    report = json.loads(out.read_text())
+    assert report["connect_failures"] == 0 and report["errors"] == 0
+    assert report["reconnects_requested"] == 300 and report["drops"] == 0
+    assert report["resumed_same_extranonce1"] == 300 and report["resumed_changed_extranonce1"] == 0
+    assert report["subscribed"] == 300          # all back, on the successor
+    assert report["shares_accepted"] > 0
