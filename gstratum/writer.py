@@ -17,7 +17,7 @@ import gevent.event
 import psycopg2
 import psycopg2.extras
 
-from .db import CONNECTION_ERRORS, Database
+from .db import Database
 from .journal import Journal, read_batches
 from .records import TABLES, Table
 from .greenlets import stop_greenlet
@@ -25,6 +25,9 @@ from .greenlets import stop_greenlet
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+# Errors caused by what a row holds (bad value, constraint): that row is set aside. Every other database error
+# (down, permissions, schema, a bug) leaves the whole batch queued for a retry: never divert good rows.
+ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError, TypeError)
 
 # Rollups count only the share rows this very statement inserted: a retried or replayed batch adds nothing twice.
 SHARES_RETURNING = " RETURNING worker, submitted_at, accepted, difficulty, error_code"
@@ -191,9 +194,7 @@ class Writer:
         poison row can never block the queue behind it."""
         try:
             self._insert(batch)
-        except CONNECTION_ERRORS:
-            raise
-        except (psycopg2.Error, ValueError, TypeError) as exc:
+        except ROW_ERRORS as exc:
             if len(batch) == 1:
                 self._set_aside(batch[0], exc)
                 return

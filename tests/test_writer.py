@@ -99,3 +99,20 @@ def test_rollup_equals_aggregate_over_raw_shares_even_after_replays(schema, tmp_
     assert [(w, a, r, float(d)) for w, a, r, d in raw] == [(w, int(a), int(r), float(d)) for w, a, r, d in rolled]
     assert len(raw) == 3
     assert query(db, "SELECT count(*) FROM worker_minutes WHERE worker = %s", f"{tag}-claimed") == [(0,)]
+
+
+def test_a_systematic_error_keeps_rows_queued_not_set_aside(schema, tmp_path, db):
+    """Only rows the database refuses for their content are set aside; an error about the statement itself
+    (here a missing table) leaves every row queued for a retry."""
+    from gstratum.records import TABLES, Table
+
+    broken = dict(TABLES)
+    spec = TABLES["authorizations"]
+    broken["authorizations"] = Table("no_such_table", spec.columns, spec.template)
+    writer, recorder = make(schema, tmp_path)
+    writer.tables = broken
+    recorder.authorized(f"{time.time_ns():032x}", "kept", "127.0.0.1", True)
+    assert writer._flush_queue() is False
+    assert writer.pending == 1 and writer.rows_rejected == 0
+    writer.tables = TABLES
+    assert writer._flush_queue() is True and writer.pending == 0
