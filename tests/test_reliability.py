@@ -246,3 +246,27 @@ def test_outage_with_1000_miners_submitting_every_share_row_kept(start_server, e
     assert rows == answered
     assert "spilled" in server.log() or "database write of" in server.log()
     assert "replayed" in server.log()
+
+
+def test_resuming_on_another_process_closes_the_old_connection_there(start_server):
+    """Two live connections never share an extranonce1, even across processes: the process that resumes the
+    session tells the others over NOTIFY, and the one holding the old connection closes it."""
+    a = start_server()
+    b = start_server()
+    with StratumClient(a.host, a.port) as old:
+        original = old.subscribe()
+        time.sleep(0.3)   # the subscription row reaches the database within the writer's 50 ms interval
+        with StratumClient(b.host, b.port) as new:
+            assert new.subscribe("ua", original.session_id).extranonce1 == original.extranonce1
+            deadline = time.monotonic() + 10
+            closed = False
+            while time.monotonic() < deadline and not closed:
+                try:
+                    old.read_message(1.0)
+                except TimeoutError:
+                    continue
+                except (ConnectionError, OSError):
+                    closed = True
+            assert closed, "the old connection on the other process stayed open"
+            assert new.authorize("moved") is True
+    assert "session resumed by a new connection" in a.log()
