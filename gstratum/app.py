@@ -9,23 +9,22 @@ import gevent
 import psycopg2
 import ujson
 
-from . import bitcoin
+from . import bitcoin, http
 from .allocator import SequenceAllocator
+from .cluster import ADMIN_CHANNEL, SESSIONS_CHANNEL, Cluster
 from .config import Config
 from .db import Database
 from .embedded_pg import EmbeddedPostgres
 from .greenlets import spawn_logged
-from .journal import Journal
-from . import http
-from .cluster import ADMIN_CHANNEL, SESSIONS_CHANNEL, Cluster
 from .http import StatsApi
-from .retention import Retention
 from .jobs import JobBook, RandomJobSource
 from .jobstream import JobStream
-from .records import make_server_id, Recorder
+from .journal import Journal
+from .records import Recorder, make_server_id
+from .retention import Retention
 from .server import StratumServer
-from .sessions import SessionDirectory
 from .session import Services
+from .sessions import SessionDirectory
 from .stats import PoolStats
 from .vardiff import VardiffPolicy
 from .workers import WORKER_ENV

@@ -8,6 +8,7 @@ new rows spill to the journal on disk (fsync'd in groups each loop), replayed wh
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -18,9 +19,9 @@ import psycopg2
 import psycopg2.extras
 
 from .db import Database
+from .greenlets import stop_greenlet
 from .journal import Journal, read_batches
 from .records import TABLES, Table
-from .greenlets import stop_greenlet
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Writer:
         """Write queued rows in batches until the queue is empty; False when the database refused."""
         while self._queue:
             count = min(len(self._queue), self.batch)
-            batch = [self._queue[i] for i in range(count)]
+            batch = list(itertools.islice(self._queue, count))   # deque indexing would be O(n) per item
             try:
                 self._write(batch)
             except psycopg2.Error as exc:
