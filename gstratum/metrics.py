@@ -7,7 +7,6 @@ values (no worker names, no addresses): share results and drop reasons are small
 from __future__ import annotations
 
 import bisect
-import time
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -120,7 +119,3 @@ class PoolCollector:
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], total(key))
             yield gauge
-
-
-def snapshot_age_ok(snap: dict, now: float | None = None, max_age: float = 15.0) -> bool:
-    return (time.time() if now is None else now) - snap.get("at", 0) <= max_age
