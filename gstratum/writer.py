@@ -218,13 +218,15 @@ class Writer:
         with self.db.connection() as conn, conn.cursor() as cur:
             for name, rows in by_table.items():
                 spec = self.tables[name]
-                if name != "shares":
-                    psycopg2.extras.execute_values(cur, spec.insert_sql, rows, template=spec.template,
+                returning = SHARES_RETURNING if name == "shares" else ""
+                if spec.types is not None:      # hot tables: one array per column
+                    cur.execute(spec.unnest_sql + returning, [list(column) for column in zip(*rows)])
+                else:                           # rare rows with arrays or JSON (jobs, admin actions)
+                    psycopg2.extras.execute_values(cur, spec.insert_sql + returning, rows, template=spec.template,
                                                    page_size=len(rows))
+                if name != "shares":
                     continue
-                inserted = psycopg2.extras.execute_values(cur, spec.insert_sql + SHARES_RETURNING, rows,
-                                                          template=spec.template, page_size=len(rows), fetch=True)
-                totals = rollup(inserted)
+                totals = rollup(cur.fetchall())
                 if totals:
                     psycopg2.extras.execute_values(cur, ROLLUP_UPSERT, totals, page_size=len(totals))
         self.last_write_seconds = time.perf_counter() - started
