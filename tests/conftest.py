@@ -131,6 +131,15 @@ class ServerProcess:
         self._log.close()
         return self.proc.returncode
 
+    def miner(self, worker: str, timeout: float = 10.0):
+        """A client connected, subscribed and authorized as `worker` (use it as a context manager)."""
+        from gstratum.client import StratumClient
+
+        client = StratumClient(self.host, self.port, timeout=timeout)
+        client.subscribe()
+        client.authorize(worker)
+        return client
+
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -68,9 +68,7 @@ def test_metrics_move_with_subscribe_authorize_and_shares(start_server):
 def test_api_agrees_with_the_database(start_server, db):
     server = start_server("--difficulty", "0.00002", "--notify-interval", "2")
     worker = f"api.{time.time_ns()}"
-    with StratumClient(server.host, server.port) as client:
-        client.subscribe()
-        client.authorize(worker)
+    with server.miner(worker) as client:
         report = mine(client, worker, duration=2)
         time.sleep(0.5)   # the writer's interval
         pool = get(server, "/api/pool")
@@ -147,9 +145,7 @@ def test_retention_plan_and_rotation(schema, db):
 def test_stats_cli_and_json_logs(start_server, schema):
     server = start_server("--difficulty", "0.00002", "--log-format", "json")
     worker = f"cli.{time.time_ns()}"
-    with StratumClient(server.host, server.port) as client:
-        client.subscribe()
-        client.authorize(worker)
+    with server.miner(worker) as client:
         mine(client, worker, duration=1.5)
     time.sleep(0.3)
     out = subprocess.run([sys.executable, "-m", "gstratum", "stats", "--database-url", schema, "--top", "500"],

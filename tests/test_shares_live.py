@@ -14,9 +14,7 @@ def test_client_mines_at_tiny_difficulty_and_every_share_is_accepted(start_serve
     server = start_server("--difficulty", "0.00002", "--fake-txs", "3", "--notify-interval", "1",
                           "--clean-every", "1000")
     worker = f"miner-{time.time_ns()}"
-    with StratumClient(server.host, server.port) as client:
-        client.subscribe()
-        client.authorize(worker)
+    with server.miner(worker) as client:
         report = mine(client, worker, duration=4)
     assert report.accepted >= 5, report
     assert report.rejected_total == 0, report.rejected
@@ -30,9 +28,7 @@ def test_client_mines_at_tiny_difficulty_and_every_share_is_accepted(start_serve
 def test_each_bad_share_gets_its_code_and_a_row(start_server, db):
     server = start_server("--difficulty", "0.0001", "--notify-interval", "30")
     worker = f"bad-{time.time_ns()}"
-    with StratumClient(server.host, server.port) as client:
-        client.subscribe()
-        client.authorize(worker)
+    with server.miner(worker) as client:
         results = bad_share_checks(client, worker, server.host, server.port)
     assert len(results) == 11
     for kind, (expected, got) in results.items():
@@ -50,9 +46,7 @@ def test_share_on_job_sent_before_retarget_is_judged_at_old_difficulty(start_ser
     """A miner keeps hashing the job it has after set_difficulty: those shares are honest at the old difficulty."""
     server = start_server("--difficulty", "0.0001", "--vardiff", "0", "--notify-interval", "30")
     worker = f"retarget-{time.time_ns()}"
-    with StratumClient(server.host, server.port) as client:
-        client.subscribe()
-        client.authorize(worker)
+    with server.miner(worker) as client:
         client.wait_for("mining.notify")
         old_job = client.state.job
         from gstratum.mining import JobWork
@@ -127,9 +121,7 @@ def test_vardiff_raises_a_fast_miners_difficulty_and_shares_stay_accepted(start_
     server = start_server("--difficulty", "0.00001", "--vardiff", "1", "--target-share-interval", "5",
                           "--retarget-after", "1.5", "--notify-interval", "30")
     worker = "fast-miner"
-    with StratumClient(server.host, server.port) as client:
-        client.subscribe()
-        client.authorize(worker)
+    with server.miner(worker) as client:
         report = mine(client, worker, duration=4)
         difficulties = [m["params"][0] for m in client.state.notifications if m["method"] == "mining.set_difficulty"]
     assert difficulties[0] == 0.00001
@@ -141,9 +133,7 @@ def test_block_candidate_is_logged_and_recorded(start_server, db):
     # a regtest-like network target: nearly every share is also a block
     server = start_server("--difficulty", "0.00002", "--nbits", "207fffff", "--notify-interval", "30")
     worker = f"lucky-{time.time_ns()}"
-    with StratumClient(server.host, server.port) as client:
-        client.subscribe()
-        client.authorize(worker)
+    with server.miner(worker) as client:
         report = mine(client, worker, duration=60, max_shares=2)
     assert report.accepted == 2
     rows = wait_rows(db, "SELECT count(*) FROM blocks WHERE worker = %s", worker, expect=[(2,)])
