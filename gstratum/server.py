@@ -22,6 +22,12 @@ from . import proxy_protocol, rpc
 log = logging.getLogger(__name__)
 
 
+def _abort_later(conn: Connection, seconds: float) -> None:
+    """Close a miner that did not follow client.reconnect by itself."""
+    gevent.sleep(seconds)
+    conn.abort("reconnect requested (takeover)")
+
+
 class StratumServer:
     def __init__(self, config: Config, services: Services, recorder) -> None:
         self.config = config
@@ -214,7 +220,7 @@ class StratumServer:
                 except OSError:
                     continue
                 conn.outbox.send(rpc.encode_notification("client.reconnect", [public_host or host, port, 0]))
-                gevent.spawn_later(2.0, conn.abort, "reconnect requested (takeover)")
+                spawn_logged(_abort_later, conn, 2.0, name="drain-abort")
             if step:
                 gevent.sleep(step)
         while self.connections and time.monotonic() - started < deadline:

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 import gevent
-import ujson
 import gevent.event
+import ujson
+
+from .greenlets import spawn_logged, stop_greenlet
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +135,11 @@ def supervise(count: int, database_url: str, argv: list[str], cfg=None) -> int:
     stopped = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stopped.set)
     gevent.signal_handler(signal.SIGINT, stopped.set)
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(supervisor.rolling_restart))
+    gevent.signal_handler(signal.SIGHUP, lambda: spawn_logged(supervisor.rolling_restart, name="rolling-restart"))
     supervisor.start()
-    watcher = gevent.spawn(supervisor.watch)
+    watcher = spawn_logged(supervisor.watch, name="worker-watch")
     stopped.wait()
     log.info("stopping %d workers", len(supervisor.workers))
-    watcher.kill()
+    stop_greenlet(watcher)
     supervisor.stop()
     return 0
