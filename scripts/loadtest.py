@@ -245,12 +245,14 @@ def child_main(args: argparse.Namespace) -> int:
             out.flush()
             gevent.sleep(1.0)
 
+    rep = gevent.spawn(reporter)       # progress during the ramp too
+    rep.link_exception(on_failure)
     ramper = gevent.spawn(ramp)
     ramper.link_exception(on_failure)
     ramper.join()
     run_until = time.monotonic() + args.duration
     sub = gevent.spawn(submitter)
-    rep = gevent.spawn(reporter)
+    sub.link_exception(on_failure)
     while time.monotonic() < min(run_until, deadline):
         gevent.sleep(0.2)
     sub.kill()
