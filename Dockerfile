@@ -1,5 +1,6 @@
 # gstratum: the pool server. `docker-compose up` runs it beside PostgreSQL (see docker-compose.yaml).
 FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 
@@ -13,52 +12,122 @@ from gstratum.mining import mine
 
 from .conftest import ROOT
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# A worker name is client input: the page must show it as text, never run it as markup.
+HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><b id="injected">x</b>'
+
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="Debian's chromium is not installed (.ci/run installs it when it can)")
+                                reason="Debian's chromium (/usr/bin/chromium) is not installed; "
+                                       ".ci/run installs it when it can")
+
+
+def wait_until(check, timeout: float, interval: float = 0.3):
+    """Poll `check()` until it returns something truthy; return the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def worker_rate(page, name: str) -> float:
+    cell = page.query_selector(f'#workers-table tr[data-worker="{name}"] td.hashrate')
+    return float(cell.get_attribute("data-value")) if cell is not None else 0.0
 
 
 def test_worker_appears_with_hashrate(start_server):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     server = start_server("--difficulty", "0.00002", "--notify-interval", "2")
     stop = threading.Event()
+    errors: list[BaseException] = []
+    outcomes: dict = {}   # True (accepted) or the rejection code -> count
+
+    def stop_when_asked(share, outcome) -> None:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if stop.is_set():
+            raise _Stopped
 
     def mining() -> None:
-        with StratumClient(server.host, server.port) as client:
-            client.subscribe()
-            client.authorize("dash.rig1")
-            while not stop.is_set():
-                mine(client, "dash.rig1", duration=1)
+        # One mine() call: each call starts its extranonce2 counter afresh, so a loop of short calls would
+        # resubmit shares the server has already seen (duplicates).
+        try:
+            with StratumClient(server.host, server.port) as client:
+                client.subscribe()
+                client.authorize("dash.rig1")
+                mine(client, "dash.rig1", duration=60, on_result=stop_when_asked)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            if not stop.is_set():
+                errors.append(exc)
 
     miner = threading.Thread(target=mining, daemon=True)
     miner.start()
+    hostile = server.miner(HOSTILE)
     try:
-        with sync_api.sync_playwright() as p:   # Playwright gives the browser a fresh temporary profile
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        with sync_api.sync_playwright() as p:   # launch() gives the browser a fresh temporary profile
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(f"http://127.0.0.1:{server.http_port}/")
-            deadline = time.monotonic() + 20
-            rate = 0.0
-            while time.monotonic() < deadline:
-                cell = page.query_selector('#workers-table tr[data-worker="dash.rig1"] td.hashrate')
-                if cell is not None:
-                    rate = float(cell.get_attribute("data-value"))
-                    if rate > 0:
-                        break
-                time.sleep(0.5)
-            assert rate > 0, page.content()[:2000]
+
+            rate = wait_until(lambda: worker_rate(page, "dash.rig1"), timeout=20)
+            assert not errors, errors
+            assert rate > 0, page.inner_text("body")[:3000]
+            assert outcomes.get(True, 0) > 0 and 22 not in outcomes, outcomes   # 22: duplicate share
+            cell_text = page.inner_text('#workers-table tr[data-worker="dash.rig1"] td.hashrate')
+            assert cell_text.endswith("H/s"), cell_text
             assert int(page.inner_text("#miners-online")) >= 1
             assert "H/s" in page.inner_text("#pool-hashrate-10m")
-            # the table sorts by a clicked column
-            page.click('#workers-table th[data-key="name"]')
-            assert "sorted" in page.get_attribute('#workers-table th[data-key="name"]', "class")
-            try:
-                page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
+            assert page.inner_text("#last-update") != "never"
+            assert page.query_selector("#hashrate-chart path") is not None
+            assert page.is_hidden("#error")
+
+            # the hostile name is shown as text: no element injected, no handler run
+            names = page.eval_on_selector_all("#workers-table tbody tr", "rows => rows.map(r => r.dataset.worker)")
+            assert HOSTILE in names
+            assert page.query_selector("#injected") is None
+            assert page.title() != "pwned"
+
+            try:  # sorted by hashrate, the mining worker is on top; docs/ may be read-only
+                (ROOT / "docs" / "dashboard.png").write_bytes(page.screenshot())
             except OSError:
                 pass
+
+            # any column header sorts: first click descending, second ascending
+            def column(key: str) -> list[str]:
+                return page.eval_on_selector_all(
+                    "#workers-table tbody tr", f"rows => rows.map(r => r.cells[{_COLUMNS.index(key)}].textContent)")
+
+            page.click('#workers-table th[data-key="name"]')
+            descending = column("name")
+            page.click('#workers-table th[data-key="name"]')
+            assert column("name") == descending[::-1] and len(descending) >= 2   # names are unique
+            assert "asc" in page.get_attribute('#workers-table th[data-key="name"]', "class")
+            page.click('#workers-table th[data-key="accepted"]')
+            accepted = [int(v) for v in column("accepted")]
+            assert accepted == sorted(accepted, reverse=True)
+            page.click('#workers-table th[data-key="accepted"]')
+            accepted = [int(v) for v in column("accepted")]
+            assert accepted == sorted(accepted)
+
+            # the server goes away: the banner shows, and the page keeps retrying
+            stop.set()
+            hostile.close()
+            server.stop()
+            assert wait_until(lambda: page.is_visible("#error"), timeout=10), page.inner_text("body")[:2000]
+            assert "retrying" in page.inner_text("#error")
             browser.close()
     finally:
         stop.set()
+        hostile.close()
         miner.join(10)
+
+
+class _Stopped(Exception):
+    pass
+
+
+_COLUMNS = ["name", "connections", "accepted", "rejected", "difficulty", "hashrate", "last_share"]
