@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gstratum: {exc}", file=sys.stderr)
         return 2
     _setup_logging(cfg.log_level, cfg.log_format)
-    from .app import Pool
+    from .app import Pool, SchemaMismatch
     from .tuning import tune_process
 
     from . import takeover
@@ -71,6 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     pidfile = cfg.pidfile or takeover.pidfile_for(cfg.port, suffix=f"-worker{worker}" if worker else "")
     try:
         pool.start()
+    except SchemaMismatch as exc:
+        log.error("start-up failed: %s", exc)
+        pool.stop()
+        return 1
     except Exception:
         log.exception("start-up failed")
         pool.stop()

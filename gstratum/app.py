@@ -33,6 +33,10 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 
+class SchemaMismatch(RuntimeError):
+    """The database is reachable but holds tables this release cannot use."""
+
+
 class Pool:
     """The whole server process: database, writer, allocator, job loop and Stratum listener."""
 
@@ -64,12 +68,19 @@ class Pool:
                 self.db.apply_schema()
                 self.allocator.fill_now()
                 return
-            except psycopg2.Error as exc:
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("database not ready (%s); retrying in %.1fs", str(exc).strip().splitlines()[0], delay)
                 gevent.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except psycopg2.Error as exc:
+                # Not an outage: the database answered but the schema cannot be applied (typically a database made
+                # by an older gstratum; there are no migrations yet). Retrying would only hide it.
+                first_line = str(exc).strip().splitlines()[0]
+                raise SchemaMismatch(
+                    f"the database's schema does not match etc/postgres/*.sql ({first_line}); apply the schema "
+                    f"files by hand or start on a fresh database (embedded: move {self.config.pgdata} away)") from exc
 
     def start(self) -> None:
         cfg = self.config

@@ -43,11 +43,14 @@ class Database:
                                 application_name=self.application_name)
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        """A connection for one unit of work; committed on success, rolled back (or discarded) on error."""
+    def connection(self, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
+        """A connection for one unit of work; committed on success, rolled back (or discarded) on error.
+        `autocommit`: no BEGIN/COMMIT round trips; a single execute of several statements is still one
+        transaction (PostgreSQL's simple query protocol)."""
         with self._slots:
             conn = self._idle.pop() if self._idle else self._connect()
             try:
+                conn.autocommit = autocommit   # a client-side flag: no round trip
                 yield conn
                 conn.commit()
             except CONNECTION_ERRORS:

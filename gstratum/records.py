@@ -18,23 +18,59 @@ from typing import Callable
 class Table:
     name: str
     columns: tuple[str, ...]
-    template: str                          # one VALUES tuple for psycopg2.extras.execute_values
+    template: str                          # one VALUES tuple (rare tables: jobs, blocks, admin actions)
     types: tuple[str, ...] | None = None   # column types for the column-wise insert ("epoch": seconds)
 
     @property
     def insert_sql(self) -> str:
         return f"INSERT INTO {self.name} ({', '.join(self.columns)}) VALUES %s ON CONFLICT DO NOTHING"
 
+    def column_arrays(self, rows: list[tuple]) -> list[str]:
+        """The rows as one PostgreSQL array literal per column, the parameters of `unnest_sql`.
+
+        Why not let psycopg2 adapt Python lists: it builds an adapter object per element and escapes each one, ~15 µs
+        of client CPU per row, which made the database writer the largest cost of a miner's handshake. Here a column
+        is one str.join (text values quoted for the array syntax), and psycopg2 escapes a single string."""
+        return [_ARRAY_FORMATTERS[kind](column) for kind, column in zip(self.types, zip(*rows))]
+
     @property
     def unnest_sql(self) -> str:
-        """One array parameter per column, quoted by psycopg2's C list adapter instead of Python per row
-        (measured ~2x less client CPU than execute_values for 5,000 share rows)."""
+        """One array parameter per column (see `column_arrays`): a batch of any size is one statement, and the
+        database parses the arrays in C."""
         arrays = ", ".join(f"%s::{'float8' if t == 'epoch' else t}[]" for t in self.types)
         names = ", ".join(f"c{i}" for i in range(len(self.columns)))
         values = ", ".join(f"to_timestamp(c{i})" if t == "epoch" else f"c{i}" for i, t in enumerate(self.types))
         return (f"INSERT INTO {self.name} ({', '.join(self.columns)}) SELECT {values} FROM unnest({arrays}) "
                 f"AS u({names}) ON CONFLICT DO NOTHING")
 
+
+def _quoted(value: str) -> str:
+    value = str(value)   # a non-str (never expected) still becomes valid text, not a writer crash
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _text_array(values) -> str:
+    """Any text (client-supplied worker names, job ids...): every element double-quoted and escaped."""
+    return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
+
+
+def _plain_array(values) -> str:
+    """Values whose text form never needs quoting: ints, uuids made here."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
+def _float_array(values) -> str:
+    """repr() of a float reads back exactly (shortest round-trip form); PostgreSQL reads inf and nan too."""
+    return "{" + ",".join("NULL" if v is None else repr(float(v)) for v in values) + "}"
+
+
+def _bool_array(values) -> str:
+    return "{" + ",".join("NULL" if v is None else ("t" if v else "f") for v in values) + "}"
+
+
+_ARRAY_FORMATTERS = {"text": _text_array, "inet": _text_array, "uuid": _plain_array, "int2": _plain_array,
+                     "int4": _plain_array, "int8": _plain_array, "float8": _float_array, "epoch": _float_array,
+                     "bool": _bool_array}
 
 TABLES: dict[str, Table] = {
     t.name: t

@@ -16,7 +16,6 @@ from collections import deque
 import gevent
 import gevent.event
 import psycopg2
-import psycopg2.extras
 
 from .db import Database
 from .greenlets import stop_greenlet
@@ -30,35 +29,19 @@ MAX_BACKOFF = 5.0
 # (down, permissions, schema, a bug) leaves the whole batch queued for a retry: never divert good rows.
 ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError, TypeError)
 
-# Rollups count only the share rows this very statement inserted: a retried or replayed batch adds nothing twice.
-SHARES_RETURNING = " RETURNING worker, submitted_at, accepted, difficulty, error_code"
-ROLLUP_UPSERT = (
-    "INSERT INTO worker_minutes (worker, minute, accepted, rejected, difficulty_sum, last_share) VALUES %s "
+# Rollups count only the share rows this very statement inserted (a data-modifying CTE): a retried or replayed
+# batch adds nothing twice. Rejections claiming a name that is not authorized on the connection (24, 25) are not a
+# worker's: they get no rollup row.
+SHARES_WITH_ROLLUP = (
+    "WITH inserted AS ({insert} RETURNING worker, submitted_at, accepted, difficulty, error_code) "
+    "INSERT INTO worker_minutes (worker, minute, accepted, rejected, difficulty_sum, last_share) "
+    "SELECT worker, date_trunc('minute', submitted_at), count(*) FILTER (WHERE accepted), "
+    "count(*) FILTER (WHERE NOT accepted), coalesce(sum(difficulty) FILTER (WHERE accepted), 0), max(submitted_at) "
+    "FROM inserted WHERE error_code IS NULL OR error_code NOT IN (24, 25) GROUP BY 1, 2 "
     "ON CONFLICT (worker, minute) DO UPDATE SET accepted = worker_minutes.accepted + EXCLUDED.accepted, "
     "rejected = worker_minutes.rejected + EXCLUDED.rejected, "
     "difficulty_sum = worker_minutes.difficulty_sum + EXCLUDED.difficulty_sum, "
     "last_share = greatest(worker_minutes.last_share, EXCLUDED.last_share)")
-NOT_A_WORKER = (24, 25)   # unauthorized / not subscribed: the name is only claimed, it gets no rollup row
-
-
-def rollup(inserted: list[tuple]) -> list[tuple]:
-    """Per (worker, minute) totals of freshly inserted share rows."""
-    totals: dict[tuple, list] = {}
-    for worker, submitted_at, accepted, difficulty, error_code in inserted:
-        if error_code in NOT_A_WORKER:
-            continue
-        key = (worker, submitted_at.replace(second=0, microsecond=0))
-        entry = totals.get(key)
-        if entry is None:
-            entry = totals[key] = [0, 0, 0.0, submitted_at]
-        if accepted:
-            entry[0] += 1
-            entry[2] += difficulty
-        else:
-            entry[1] += 1
-        if submitted_at > entry[3]:
-            entry[3] = submitted_at
-    return [(worker, minute, *entry) for (worker, minute), entry in totals.items()]
 
 
 class Writer:
@@ -144,9 +127,14 @@ class Writer:
     def spilled(self) -> int:
         return self.journal.rows_spilled if self.journal is not None else 0
 
-    def _flush_queue(self) -> bool:
-        """Write queued rows in batches until the queue is empty; False when the database refused."""
-        while self._queue:
+    def _flush_queue(self, everything: bool = False) -> bool:
+        """Write what is queued now; False when the database refused. While writing, more rows arrive: those are
+        written straight away only if they fill a batch, else they wait for the next tick, so a busy pool writes
+        a few large batches instead of a stream of tiny ones (each costs a round trip and its fixed overhead).
+        `everything`: keep going until the queue is empty (stop)."""
+        first = True
+        while self._queue and (first or everything or len(self._queue) >= self.batch):
+            first = False
             count = min(len(self._queue), self.batch)
             batch = list(itertools.islice(self._queue, count))   # deque indexing would be O(n) per item
             try:
@@ -211,24 +199,23 @@ class Writer:
             self.journal.set_aside(*item)
 
     def _insert(self, batch: list[tuple[str, tuple]]) -> None:
+        """The whole batch in one round trip: one statement per table, sent as a single query string, which
+        PostgreSQL runs as one transaction (autocommit on, so no BEGIN/COMMIT round trips)."""
         by_table: dict[str, list[tuple]] = {}
         for table, row in batch:
             by_table.setdefault(table, []).append(row)
         started = time.perf_counter()
-        with self.db.connection() as conn, conn.cursor() as cur:
+        with self.db.connection(autocommit=True) as conn, conn.cursor() as cur:
+            statements = []
             for name, rows in by_table.items():
                 spec = self.tables[name]
-                returning = SHARES_RETURNING if name == "shares" else ""
-                if spec.types is not None:      # hot tables: one array per column
-                    cur.execute(spec.unnest_sql + returning, [list(column) for column in zip(*rows)])
-                else:                           # rare rows with arrays or JSON (jobs, admin actions)
-                    psycopg2.extras.execute_values(cur, spec.insert_sql + returning, rows, template=spec.template,
-                                                   page_size=len(rows))
-                if name != "shares":
-                    continue
-                totals = rollup(cur.fetchall())
-                if totals:
-                    psycopg2.extras.execute_values(cur, ROLLUP_UPSERT, totals, page_size=len(totals))
+                if spec.types is not None:      # hot tables: one array literal per column
+                    sql = SHARES_WITH_ROLLUP.format(insert=spec.unnest_sql) if name == "shares" else spec.unnest_sql
+                    statements.append(cur.mogrify(sql, spec.column_arrays(rows)))
+                else:                           # rare rows with arrays or JSON (jobs, blocks, admin actions)
+                    head, tail = spec.insert_sql.encode().split(b"%s")
+                    statements.append(head + b",".join(cur.mogrify(spec.template, row) for row in rows) + tail)
+            cur.execute(b";".join(statements))
         self.last_write_seconds = time.perf_counter() - started
         if self.on_write is not None:
             self.on_write(self.last_write_seconds)
@@ -243,7 +230,7 @@ class Writer:
             stop_greenlet(self._greenlet)  # a write cut short is re-sent below; row ids make that idempotent
         deadline = time.monotonic() + timeout
         while self._queue and time.monotonic() < deadline:
-            if not self._flush_queue():
+            if not self._flush_queue(everything=True):
                 gevent.sleep(min(self._backoff, max(deadline - time.monotonic(), 0)))
         if not self._queue and self.journal is not None and self.healthy:
             self._replay()

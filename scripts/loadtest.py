@@ -332,6 +332,8 @@ def markdown(result: dict) -> str:
             ("fan-out spread p50 / p99 / max (ms)",
              " / ".join(fmt(result["fanout_spread_ms"][k]) for k in ("p50", "p99", "max"))),
             ("server CPU per operation (us)", fmt(result.get("server_cpu_us_per_op"))),
+            ("server CPU per handshake, ramp (us)", fmt(result.get("server_cpu_us_per_handshake"))),
+            ("server CPU per share after the ramp (us)", fmt(result.get("server_cpu_us_per_share_after_ramp"))),
             ("drops / errors / connect failures",
              f"{result['drops']} / {result['errors']} / {result['connect_failures']}")]
     return "| what | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
@@ -392,6 +394,7 @@ def parent_main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     last_print = started
     previous = {"handshakes": 0, "accepted": 0}
+    ramp_cpu: tuple[float, int, float] | None = None     # server CPU, handshakes and shares when all had subscribed
     while len(finals) < len(children) and time.monotonic() - started < hard + 15:
         for key, _ in selector.select(timeout=0.5):
             child = key.data
@@ -414,6 +417,8 @@ def parent_main(args: argparse.Namespace) -> int:
                      "handshakes_per_s": round((total["handshakes"] - previous["handshakes"]) / dt, 1),
                      "accepted_per_s": round((total["accepted"] - previous["accepted"]) / dt, 1)}
             timeline.append(point)
+            if args.server_pid and ramp_cpu is None and total["handshakes"] >= args.miners:
+                ramp_cpu = (server_cpu(args.server_pid) - cpu_before, total["handshakes"], total["accepted"])
             previous = total
             last_print = now
             print(f"\r[{point['t']:6.1f}s] connected {total['connected']:6d}  handshakes/s {point['handshakes_per_s']:7.1f}"
@@ -434,6 +439,14 @@ def parent_main(args: argparse.Namespace) -> int:
         ops = result["handshakes"] + result["shares_accepted"] + result["shares_rejected"]
         result["server_cpu_s"] = round(cpu, 3)
         result["server_cpu_us_per_op"] = round(cpu / ops * 1e6, 1) if ops else None
+        if ramp_cpu is not None:
+            # Split the server's CPU: up to the moment every miner had subscribed (sampled once a second, so it
+            # includes up to a second of whatever followed), and after it (shares, notifies, the final disconnects).
+            ramp_seconds, ramp_handshakes, ramp_shares = ramp_cpu
+            result["server_cpu_us_per_handshake"] = round(ramp_seconds / ramp_handshakes * 1e6, 1)
+            shares_after = result["shares_accepted"] - ramp_shares
+            if shares_after > 0:
+                result["server_cpu_us_per_share_after_ramp"] = round((cpu - ramp_seconds) / shares_after * 1e6, 1)
     print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+import psycopg2
+
 from gstratum.db import Database
 from gstratum.journal import Journal, read_batches
 from gstratum.records import Recorder
@@ -116,3 +118,26 @@ def test_a_systematic_error_keeps_rows_queued_not_set_aside(schema, tmp_path, db
     assert writer.pending == 1 and writer.rows_rejected == 0
     writer.tables = TABLES
     assert writer._flush_queue() is True and writer.pending == 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60)
+@given(names=st.lists(st.one_of(st.text(max_size=40), st.sampled_from(['"', "\\", "{}", "NULL", ",", " a ", "\\\"",
+                                                                      "'", "%s", "\u2603", ""])),
+                      min_size=1, max_size=8))
+def test_array_literals_round_trip_any_client_text(schema, tmp_path_factory, names):
+    """The writer builds PostgreSQL array literals itself (records.column_arrays): whatever a miner calls itself
+    must come back byte for byte (NUL becomes U+FFFD, the one character text cannot hold)."""
+    writer, recorder = make(schema, tmp_path_factory.mktemp("arrays"))
+    conn_id = f"{time.time_ns():032x}"
+    for name in names:
+        recorder.share(conn_id, name, name, "00000000", "00000000", "00000000", None, 0.5, None, 21)
+    assert writer._flush_queue() is True
+    with psycopg2.connect(schema) as conn:
+        stored = query(conn, "SELECT worker, job_id FROM shares WHERE connection_id = %s", conn_id)
+    conn.close()
+    expected = sorted((n.replace("\x00", "\ufffd"),) * 2 for n in names)
+    assert sorted(stored) == expected
