@@ -114,14 +114,23 @@ class Connection:
 
     def serve(self, initial: bytes = b"") -> None:
         """Read until the miner leaves, the line cap is broken, or the server closes us. `initial`: bytes that
-        arrived with a PROXY protocol header."""
+        arrived with a PROXY protocol header.
+
+        The loop waits for readability first and then reads once, on the kernel socket: gevent's `recv` would try
+        the syscall first and, right after a request was answered, nearly always get EAGAIN (one wasted syscall per
+        share). Readiness is level-triggered, so bytes already pending wake the wait at once."""
         sock = self.sock
+        raw = getattr(sock, "_sock", sock)
+        wait, read_event = sock._wait, sock._read_event   # gevent's own wait on this socket (cancelled on close)
         try:
             if initial:
                 self._handle(initial)
             while self.close_reason is None:
                 try:
-                    data = sock.recv(RECV_SIZE)
+                    wait(read_event)
+                    data = raw.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue   # a spurious wake-up
                 except OSError as exc:
                     self.close_reason = self.close_reason or f"recv failed: {exc.strerror or exc}"
                     break

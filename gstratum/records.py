@@ -101,6 +101,7 @@ TABLES: dict[str, Table] = {
 }
 
 Sink = Callable[[str, tuple], None]
+_INFINITY = float("inf")
 
 
 def text(value: str | None) -> str | None:
@@ -160,11 +161,13 @@ class Recorder:
 
     def share(self, connection_id: str, worker: str, job_id: str, extranonce2: str | None, ntime: str | None,
               nonce: str | None, version_bits: str | None, difficulty: float, achieved: float | None,
-              error_code: int | None) -> None:
-        if achieved is not None and achieved == float("inf"):
+              error_code: int | None, at: float | None = None) -> None:
+        """`at`: when the share arrived (the caller's clock reading), else now."""
+        if achieved is not None and achieved == _INFINITY:
             achieved = 1e300
         self._sink("shares", (self.new_id(), connection_id, text(worker), text(job_id), extranonce2, ntime, nonce,
-                              version_bits, difficulty, achieved, error_code is None, error_code, self.clock()))
+                              version_bits, difficulty, achieved, error_code is None, error_code,
+                              self.clock() if at is None else at))
 
     def block(self, found: dict) -> None:
         self._sink("blocks", (self.new_id(), found["connection_id"], text(found["worker"]), found["job_id"],

@@ -97,6 +97,14 @@ def encode_result(request_id: Any, result: Any) -> bytes:
     return _dump({"id": request_id, "result": result, "error": None})
 
 
+_ACCEPTED_TAIL = b',"result":true,"error":null}\n'
+
+
+def encode_accepted(request_id: Any) -> bytes:
+    """`encode_result(request_id, True)`, the reply to nearly every submit, without building a dict."""
+    return b'{"id":' + ujson.dumps(request_id, ensure_ascii=True, escape_forward_slashes=False).encode() + _ACCEPTED_TAIL
+
+
 def encode_error(request_id: Any, error: StratumError) -> bytes:
     return _dump({"id": request_id, "result": None, "error": error.as_json()})
 

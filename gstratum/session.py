@@ -124,12 +124,8 @@ class Session:
     # -- jobs going out -----------------------------------------------------------------------------------------
     # Each share is judged at the difficulty in force when its job was sent to this miner. Rather than writing
     # an entry per miner per broadcast, the session keeps the few moments its difficulty changed, as positions in
-    # the job sequence: a broadcast then costs one shared line and one send per miner, nothing else.
-    def retarget_due(self, now: float) -> bool:
-        """Whether vardiff may want to change this miner's difficulty before the next job (cheap check)."""
-        vardiff = self.vardiff
-        return vardiff.policy.enabled and now - vardiff.since >= vardiff.policy.retarget_after
-
+    # the job sequence: a broadcast then costs one shared line and one send per miner, nothing else. (The
+    # broadcast asks for `broadcast_lines` only when `vardiff.since` says a retarget may be due.)
     def broadcast_lines(self, job: Job) -> list[bytes]:
         """What a new job costs this miner when a retarget is due: set_difficulty first, then the job."""
         lines = []
@@ -302,20 +298,21 @@ class Session:
 
     # -- shares -----------------------------------------------------------------------------------------------
     def submit(self, req: Request) -> list[bytes]:
+        """Judge one share (checks in the order the protocol's error codes imply) and record it, whatever the
+        verdict. This is the pool's hottest path: it keeps to locals and one row tuple."""
         services = self.services
         now = services.clock()
         params = req.params
-        worker = params[0][:MAX_WORKER_NAME] if params and isinstance(params[0], str) else ""
-        job_id = params[1] if len(params) > 1 and isinstance(params[1], str) else ""
+        worker = params[0][:MAX_WORKER_NAME] if params and type(params[0]) is str else ""
+        job_id = params[1] if len(params) > 1 and type(params[1]) is str else ""
         job, difficulty = self.job_and_difficulty(job_id) if self.subscribed else (None, self.difficulty)
-        record = _ShareRecord(self, worker, job_id, difficulty, now)
+        extranonce2 = ntime = nonce = version_bits = achieved = None
         try:
             if not self.subscribed:
                 raise StratumError(NOT_SUBSCRIBED, "Not subscribed", req.id)
             if worker not in self.workers:
                 raise StratumError(UNAUTHORIZED, "Unauthorized worker", req.id)
             extranonce2, ntime, nonce, version_bits = self._parse_submit(params, req.id)
-            record.fields(extranonce2, ntime, nonce, version_bits)
             if job is None:
                 raise StratumError(JOB_NOT_FOUND, "Job not found (stale)", req.id)
             ntime_int = int(ntime, 16)
@@ -338,33 +335,45 @@ class Session:
             template = job.template
             header = template.header(self._extranonce1_bytes, bytes.fromhex(extranonce2), ntime, nonce, version)
             hash_int = template.hash_int(header)
-            record.achieved = bitcoin.difficulty_from_hash(hash_int)
+            achieved = bitcoin.difficulty_from_hash(hash_int)
             if hash_int > share_target(difficulty):
                 raise StratumError(LOW_DIFFICULTY, "Low difficulty share", req.id)
             seen.add(key)
             if services.network_target is not None and hash_int <= services.network_target(job):
                 self._found_block(job, worker, header, hash_int)
         except StratumError as err:
-            record.done(err.code)
+            services.recorder.share(self.connection_id, worker, job_id[:64], extranonce2, ntime, nonce, version_bits,
+                                    difficulty, achieved, err.code, now)
             services.metrics.share(err.code)
             if worker in self.workers:  # names a miner merely claims must not grow the in-memory totals
                 services.stats.share(worker, False, difficulty, now)
             raise
-        record.done(None)
+        services.recorder.share(self.connection_id, worker, job_id[:64], extranonce2, ntime, nonce, version_bits,
+                                difficulty, achieved, None, now)
         services.metrics.share(None)
         services.stats.share(worker, True, difficulty, now)
-        lines = [rpc.encode_result(req.id, True)]
         self.vardiff.note_share()
         proposal = self.vardiff.proposal(self.difficulty, now)
         if proposal is not None:
-            lines += self._retarget_lines(self._bounded(proposal))
-        return lines
+            return [rpc.encode_accepted(req.id)] + self._retarget_lines(self._bounded(proposal))
+        return [rpc.encode_accepted(req.id)]
 
     def _parse_submit(self, params: list, request_id) -> tuple[str, str, str, str | None]:
-        if len(params) < 5 or len(params) > 6 or not all(isinstance(p, str) for p in params):
+        count = len(params)
+        if count == 5 or count == 6:
+            extranonce2, ntime, nonce = params[2], params[3], params[4]
+            version_bits = params[5] if count == 6 else None
+            # the common case in one check: strings of the right lengths, all hex (the slow path below names
+            # the field that is wrong)
+            if (type(extranonce2) is str and type(ntime) is str and type(nonce) is str
+                    and (version_bits is None or (type(version_bits) is str and len(version_bits) == 8))
+                    and len(extranonce2) == 2 * self.services.extranonce2_size and len(ntime) == 8
+                    and len(nonce) == 8 and _HEX.match(extranonce2 + ntime + nonce + (version_bits or "")) is not None
+                    and type(params[0]) is str and type(params[1]) is str):
+                return extranonce2.lower(), ntime.lower(), nonce.lower(), version_bits
+        if count < 5 or count > 6 or not all(isinstance(p, str) for p in params):
             raise StratumError(OTHER, "Invalid params: expected [worker, job_id, extranonce2, ntime, nonce"
                                       "(, version_bits)] as strings", request_id)
-        extranonce2, ntime, nonce = params[2], params[3], params[4]
         size = self.services.extranonce2_size
         if len(extranonce2) != 2 * size or not _is_hex(extranonce2):
             raise StratumError(OTHER, f"Invalid extranonce2: expected {size} bytes of hex", request_id)
@@ -372,7 +381,6 @@ class Session:
             raise StratumError(OTHER, "Invalid ntime: expected 8 hex digits", request_id)
         if not _HEX8.match(nonce):
             raise StratumError(OTHER, "Invalid nonce: expected 8 hex digits", request_id)
-        version_bits = params[5] if len(params) == 6 else None
         if version_bits is not None and not _HEX8.match(version_bits):
             raise StratumError(OTHER, "Invalid version bits: expected 8 hex digits", request_id)
         return extranonce2.lower(), ntime.lower(), nonce.lower(), version_bits
@@ -387,31 +395,6 @@ class Session:
             self.services.on_block({"job_id": job.job_id, "height": job.height, "worker": worker,
                                     "block_hash": block_hash, "header": header.hex(),
                                     "connection_id": self.connection_id})
-
-
-class _ShareRecord:
-    """Collects one submit's fields as they are validated, and records the row once the verdict is known."""
-
-    __slots__ = ("session", "worker", "job_id", "difficulty", "now", "achieved", "extranonce2", "ntime", "nonce",
-                 "version_bits")
-
-    def __init__(self, session: Session, worker: str, job_id: str, difficulty: float, now: float) -> None:
-        self.session = session
-        self.worker = worker
-        self.job_id = job_id
-        self.difficulty = difficulty
-        self.now = now
-        self.achieved = None
-        self.extranonce2 = self.ntime = self.nonce = self.version_bits = None
-
-    def fields(self, extranonce2: str, ntime: str, nonce: str, version_bits: str | None) -> None:
-        self.extranonce2, self.ntime, self.nonce, self.version_bits = extranonce2, ntime, nonce, version_bits
-
-    def done(self, error_code: int | None) -> None:
-        session = self.session
-        session.services.recorder.share(session.connection_id, self.worker, self.job_id[:64], self.extranonce2,
-                                        self.ntime, self.nonce, self.version_bits, self.difficulty, self.achieved,
-                                        error_code)
 
 
 def _is_hex(text: str) -> bool:
