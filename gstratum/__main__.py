@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(cfg.log_level, cfg.log_format)
     from .app import Pool, SchemaMismatch
-    from .tuning import tune_process
+    from .tuning import tune_process, watch_gc
 
     from . import takeover
 
@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     gc.collect()
     gc.freeze()  # start-up objects leave the collector's view: no long pauses scanning them later
+    watch_gc(pool.metrics)
     stopped.wait()
     if draining.is_set():
         pool.server.drain(cfg.drain_period, cfg.drain_deadline)

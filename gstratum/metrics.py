@@ -44,6 +44,7 @@ class Metrics:
     dropped: dict = field(default_factory=dict)        # reason -> count
     fanout: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
     db_write: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
+    gc_pause: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
 
     def share(self, error_code: int | None) -> None:
         name = SHARE_RESULTS.get(error_code, "invalid")
@@ -55,7 +56,8 @@ class Metrics:
     def counters(self) -> dict:
         return {"subscribes": self.subscribes, "authorizes": self.authorizes, "shares": dict(self.shares),
                 "blocks": self.blocks, "jobs": self.jobs, "dropped": dict(self.dropped),
-                "fanout": self.fanout.as_dict(), "db_write": self.db_write.as_dict()}
+                "fanout": self.fanout.as_dict(), "db_write": self.db_write.as_dict(),
+                "gc_pause": self.gc_pause.as_dict()}
 
 
 def _histogram(name: str, doc: str, snapshots: list[dict], key: str) -> HistogramMetricFamily:
@@ -111,6 +113,8 @@ class PoolCollector:
                          [s["counters"] for s in snaps], "fanout")
         yield _histogram("gstratum_db_write_seconds", "Duration of one batched database write.",
                          [s["counters"] for s in snaps], "db_write")
+        yield _histogram("gstratum_gc_pause_seconds", "Pauses of Python's cyclic garbage collector (every miner "
+                         "waits while it runs).", [s["counters"] for s in snaps], "gc_pause")
         for key, name, doc in (("writer_queue", "gstratum_writer_queue_rows", "Rows waiting in memory."),
                                ("journal_bytes", "gstratum_journal_bytes", "Spill journal bytes on disk."),
                                ("extranonce_reserve", "gstratum_extranonce_reserve",

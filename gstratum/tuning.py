@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import logging
 import resource
+import time
 
 log = logging.getLogger(__name__)
 
@@ -19,3 +20,20 @@ def tune_process() -> None:
             log.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
     log.info("open files limit %d", soft)
     gc.set_threshold(50_000, 50, 100)
+
+
+def watch_gc(metrics, warn_after: float = 0.05) -> None:
+    """Time every collection into `metrics.gc_pause`; log the long ones (the whole hub stops while it runs)."""
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause = time.perf_counter() - started[0]
+        metrics.gc_pause.observe(pause)
+        if pause > warn_after:
+            log.warning("garbage collection of generation %d took %.0f ms (%d objects collected)",
+                        info.get("generation", -1), pause * 1000, info.get("collected", 0))
+
+    gc.callbacks.append(on_gc)

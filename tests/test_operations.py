@@ -52,6 +52,7 @@ def test_metrics_move_with_subscribe_authorize_and_shares(start_server):
     before = get(server, "/metrics")
     assert "# TYPE gstratum_shares_total counter" in before
     assert "gstratum_notify_fanout_seconds_bucket" in before
+    assert "gstratum_gc_pause_seconds_count" in before
     with StratumClient(server.host, server.port) as client:
         client.subscribe()
         client.authorize("metrics.rig")
@@ -170,3 +171,34 @@ def test_rows_already_in_the_default_partition_are_adopted(schema, db):
     assert query(db, "SELECT count(*) FROM shares_default WHERE worker = 'early-bird'") == [(0,)]
     with db.cursor() as cur:
         cur.execute("DROP TABLE " + partition_name(day))
+
+
+def test_a_database_with_an_incompatible_schema_stops_start_up_with_a_clear_message(database_url, tmp_path):
+    """An outage is retried; a schema this release cannot use (e.g. made by an older gstratum) is not: the server
+    exits at once and says what to do, instead of retrying for --db-wait seconds."""
+    import psycopg2
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"gstratum_mismatch_{time.time_ns()}"
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE shares (id integer)")    # not partitioned: the schema files cannot apply
+        conn.close()
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", "0",
+                                 "--http-port", "0", "--database-url", url, "--journal-dir", str(tmp_path)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert time.monotonic() - started < 30
+        output = result.stdout + result.stderr
+        assert "schema does not match" in output and '"shares" is not partitioned' in output
+        assert "Traceback" not in output
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
