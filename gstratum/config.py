@@ -22,6 +22,7 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 3333
     database_url: str | None = None
+    listen_database_url: str | None = None   # LISTEN/NOTIFY + leader lock; default database_url (see README)
     pgdata: Path = Path(".gstratum/pgdata")
     notify_interval: float = 30.0
     difficulty: float = 1.0
@@ -88,8 +89,9 @@ class Config:
                "and retarget_after must be > 0")
         _check(_is_hex(self.payout_script) and 0 < len(self.payout_script) <= 20_000, "payout_script",
                "must be a hex script")
-        _check(self.database_url is None or self.database_url.startswith(("postgres://", "postgresql://")),
-               "database_url", "must be a postgresql:// URL")
+        for name in ("database_url", "listen_database_url"):
+            url = getattr(self, name)
+            _check(url is None or url.startswith(("postgres://", "postgresql://")), name, "must be a postgresql:// URL")
 
 
 def _is_hex(text: str, length: int | None = None) -> bool:
@@ -139,6 +141,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--port", type=int, help="Stratum TCP port (default 3333)")
     add("--database-url", dest="database_url",
         help="postgresql:// URL; without it an embedded PostgreSQL is started in --pgdata")
+    add("--listen-database-url", dest="listen_database_url",
+        help="PostgreSQL URL for the LISTEN connection (job stream, leader lock, admin and session notices); "
+             "default --database-url. Set it to PostgreSQL itself when --database-url goes through PgBouncer in "
+             "transaction mode, which cannot carry LISTEN or a session-level advisory lock")
     add("--pgdata", type=Path, help="data folder of the embedded PostgreSQL (default .gstratum/pgdata)")
     add("--notify-interval", dest="notify_interval", type=float, help="seconds between new jobs (default 30)")
     add("--difficulty", type=float, help="starting share difficulty of every miner (default 1)")

@@ -45,3 +45,27 @@ def test_two_processes_share_one_job_stream_and_fail_over(start_server):
         assert "now the job leader" in b.log()
         assert {j[:8] for j in new_ids[-2:]} != prefixes   # b's own jobs now
         assert len(on_b.state.notifications) > before
+
+
+def test_the_listen_connection_can_use_its_own_url(start_server, db, schema):
+    """Behind PgBouncer in transaction mode the write path goes through the pooler while LISTEN and the leader lock
+    need PostgreSQL itself: --listen-database-url splits them. Here the LISTEN URL logs in as another role, and
+    pg_stat_activity shows which connection went where."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    role, password = "gstratum_listen_test", "listen-test-password"
+    with db.cursor() as cur:
+        cur.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+                    f"CREATE ROLE {role} LOGIN PASSWORD '{password}'; END IF; END $$")
+    parts = urlsplit(schema)
+    listen_url = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+    server = start_server("--notify-interval", "1", "--listen-database-url", listen_url)
+    with server.miner("listen.split") as client:
+        assert len(job_ids(client, 3, 10)) >= 3      # jobs flow: the leader's lock and LISTEN work on that URL
+    with db.cursor() as cur:
+        cur.execute("SELECT application_name, usename FROM pg_stat_activity WHERE application_name LIKE 'gstratum%%'"
+                    " AND backend_type = 'client backend'")
+        sessions = set(cur.fetchall())
+    assert ("gstratum-listen", role) in sessions
+    assert ("gstratum", role) not in sessions          # the write path stayed on --database-url
+    assert "now the job leader" in server.log()
