@@ -179,9 +179,9 @@ class Pool:
             gevent.sleep(every)
             server, writer = self.server, self.writer
             log.info("stats miners=%d subscribed=%d rows_written=%d pending=%d spilled=%d replayed=%d "
-                     "extranonce_reserve=%d drops=%s %s", len(server.connections), len(server.subscribed),
-                     writer.rows_written, writer.pending, writer.spilled, writer.rows_replayed,
-                     self.allocator.reserve, server.drops, self.stats.summary())
+                     "extranonce_reserve=%d drops=%s gc_longest=%.0fms %s", len(server.connections),
+                     len(server.subscribed), writer.rows_written, writer.pending, writer.spilled, writer.rows_replayed,
+                     self.allocator.reserve, server.drops, self.metrics.gc_longest * 1000, self.stats.summary())
 
     def stop(self) -> None:
         """Graceful: stop accepting and close miners, stop making jobs, flush every pending row, release the DB."""

@@ -45,6 +45,7 @@ class Metrics:
     fanout: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
     db_write: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
     gc_pause: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
+    gc_longest: float = 0.0                            # seconds, the longest collector pause so far
 
     def share(self, error_code: int | None) -> None:
         name = SHARE_RESULTS.get(error_code, "invalid")

@@ -1,8 +1,8 @@
 """The only path from the pool to the database: a bounded in-memory queue drained by one writer greenlet.
 
 `put` never blocks and never does I/O, so a slow or absent database cannot stall a miner. The writer flushes every
-`interval` seconds (or as soon as a batch is full) with one multi-row INSERT per table in one transaction. On a
-database error the rows stay queued and the write is retried with backoff; rows carry their own ids, so a batch
+`interval` seconds (or as soon as a batch is full): one INSERT per table, all in one query string and one
+transaction. On a database error the rows stay queued and the write is retried with backoff; rows carry their own ids, so a batch
 that did reach the database before the error is not duplicated (ON CONFLICT DO NOTHING). Past `max_queue` rows,
 new rows spill to the journal on disk (fsync'd in groups each loop), replayed when the database is back.
 """

@@ -187,7 +187,8 @@ def child_main(args: argparse.Namespace) -> int:
             while time.monotonic() < deadline:
                 self.on_message(self.readline())
 
-        def submit_one(self) -> None:
+        def submit(self, count: int = 1) -> None:
+            """Find and send `count` shares in one write (more than one: a proxy pipelining its devices' shares)."""
             job = self.job
             if not self.alive or job is None:
                 return
@@ -195,20 +196,27 @@ def child_main(args: argparse.Namespace) -> int:
             if template is None:
                 template = templates[job[0]] = HeaderTemplate.from_stratum(job[1], job[2], job[3], job[4], job[5],
                                                                            job[6])
-            self.en2 += 1
-            en2 = (self.en2 & 0xFFFFFFFF).to_bytes(4, "big")
-            found = find_share(template, self.extranonce1, en2, job[7], int(job[5], 16),
-                               bitcoin.target_from_difficulty(self.difficulty), max_tries=3000)
-            if found is None:
+            lines = []
+            worker = f"{args.worker_prefix}.{args.child_index}.{self.index}"
+            sent_at = time.perf_counter()
+            for _ in range(count):
+                self.en2 += 1
+                en2 = (self.en2 & 0xFFFFFFFF).to_bytes(4, "big")
+                found = find_share(template, self.extranonce1, en2, job[7], int(job[5], 16),
+                                   bitcoin.target_from_difficulty(self.difficulty), max_tries=3000)
+                if found is None:
+                    continue
+                self.next_id += 1
+                self.pending[self.next_id] = sent_at
+                lines.append(ujson.dumps({"id": self.next_id, "method": "mining.submit", "params": [
+                    worker, job[0], en2.hex(), job[7], found[0]]}).encode() + b"\n")
+            if not lines:
                 return
-            self.next_id += 1
-            self.pending[self.next_id] = time.perf_counter()
             try:
-                self.sock.sendall(ujson.dumps({"id": self.next_id, "method": "mining.submit", "params": [
-                    f"{args.worker_prefix}.{args.child_index}.{self.index}", job[0], en2.hex(), job[7],
-                    found[0]]}).encode() + b"\n")
+                self.sock.sendall(b"".join(lines))
             except OSError:
-                self.pending.pop(self.next_id, None)
+                for request_id in range(self.next_id - len(lines) + 1, self.next_id + 1):
+                    self.pending.pop(request_id, None)
 
     def on_failure(greenlet) -> None:
         stats["errors"] += 1
@@ -234,8 +242,8 @@ def child_main(args: argparse.Namespace) -> int:
         position = 0
         tick = 0.05
         while time.monotonic() < deadline:
-            for _ in range(max(1, int(rate * tick))):
-                miners[position % len(miners)].submit_one()
+            for _ in range(max(1, int(rate * tick / args.pipeline))):
+                miners[position % len(miners)].submit(args.pipeline)
                 position += 1
             gevent.sleep(tick)
 
@@ -380,7 +388,7 @@ def parent_main(args: argparse.Namespace) -> int:
         cmd = [sys.executable, __file__, "--child-index", str(index), "--child-miners", str(count),
                "--child-ramp", str(args.ramp / args.procs if args.ramp > 0 else 0), "--hard-deadline", str(hard),
                "--host", str(address), "--port", str(args.port), "--duration", str(args.duration),
-               "--share-rate", str(args.share_rate), "--src-ips", str(args.src_ips),
+               "--share-rate", str(args.share_rate), "--pipeline", str(args.pipeline), "--src-ips", str(args.src_ips),
                "--worker-prefix", args.worker_prefix] + (["--configure"] if args.configure else []) + (
                ["--reconnect"] if args.reconnect else [])
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
@@ -464,6 +472,8 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=1000.0, help="new miners per second, all processes (0: all at once)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds to stay connected after the ramp")
     parser.add_argument("--share-rate", type=float, default=0.0, help="shares per second per miner")
+    parser.add_argument("--pipeline", type=int, default=1,
+                        help="shares per write (1: a miner; more: a proxy sending its devices' shares together)")
     parser.add_argument("--configure", action="store_true", help="send mining.configure (version rolling) first")
     parser.add_argument("--reconnect", action="store_true", help="reconnect when the server drops a miner")
     parser.add_argument("--src-ips", type=int, default=1, help="spread miners over 127.0.0.1..N source addresses")

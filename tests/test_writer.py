@@ -134,7 +134,8 @@ def test_array_literals_round_trip_any_client_text(schema, tmp_path_factory, nam
     writer, recorder = make(schema, tmp_path_factory.mktemp("arrays"))
     conn_id = f"{time.time_ns():032x}"
     for name in names:
-        recorder.share(conn_id, name, name, "00000000", "00000000", "00000000", None, 0.5, None, 21)
+        # 24 (unauthorized): no rollup row, so these names stay out of the dashboard's worker list
+        recorder.share(conn_id, name, name, "00000000", "00000000", "00000000", None, 0.5, None, 24)
     assert writer._flush_queue() is True
     with psycopg2.connect(schema) as conn:
         stored = query(conn, "SELECT worker, job_id FROM shares WHERE connection_id = %s", conn_id)
