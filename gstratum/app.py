@@ -79,8 +79,10 @@ class Pool:
                 # by an older gstratum; there are no migrations yet). Retrying would only hide it.
                 first_line = str(exc).strip().splitlines()[0]
                 raise SchemaMismatch(
-                    f"the database's schema does not match etc/postgres/*.sql ({first_line}); apply the schema "
-                    f"files by hand or start on a fresh database (embedded: move {self.config.pgdata} away)") from exc
+                    f"cannot use this database: applying etc/postgres/*.sql failed ({first_line}). A database made "
+                    f"by an older gstratum needs the schema changed by hand or a fresh database (embedded: move "
+                    f"{self.config.pgdata} away); a role without DDL rights needs the schema applied by its owner "
+                    f"first") from exc
 
     def start(self) -> None:
         cfg = self.config

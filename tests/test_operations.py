@@ -196,7 +196,7 @@ def test_a_database_with_an_incompatible_schema_stops_start_up_with_a_clear_mess
         assert result.returncode == 1, result.stdout + result.stderr
         assert time.monotonic() - started < 30
         output = result.stdout + result.stderr
-        assert "schema does not match" in output and '"shares" is not partitioned' in output
+        assert "cannot use this database" in output and '"shares" is not partitioned' in output
         assert "Traceback" not in output
     finally:
         with admin.cursor() as cur:
