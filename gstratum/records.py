@@ -60,8 +60,9 @@ def _plain_array(values) -> str:
 
 
 def _float_array(values) -> str:
-    """repr() of a float reads back exactly (shortest round-trip form); PostgreSQL reads inf and nan too."""
-    return "{" + ",".join("NULL" if v is None else repr(float(v)) for v in values) + "}"
+    """repr() of a float reads back exactly (shortest round-trip form), of an int as itself; PostgreSQL reads inf and
+    nan too."""
+    return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
 
 
 def _bool_array(values) -> str:

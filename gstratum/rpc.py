@@ -101,7 +101,10 @@ _ACCEPTED_TAIL = b',"result":true,"error":null}\n'
 
 
 def encode_accepted(request_id: Any) -> bytes:
-    """`encode_result(request_id, True)`, the reply to nearly every submit, without building a dict."""
+    """`encode_result(request_id, True)`, the reply to nearly every submit, without building a dict (and, for the
+    integer ids every miner sends, without the JSON encoder)."""
+    if type(request_id) is int:
+        return b'{"id":%d' % request_id + _ACCEPTED_TAIL
     return b'{"id":' + ujson.dumps(request_id, ensure_ascii=True, escape_forward_slashes=False).encode() + _ACCEPTED_TAIL
 
 

@@ -85,3 +85,10 @@ def test_any_json_object_gives_request_or_coded_error(obj):
     else:
         reply = rpc.encode_result(result.id, True)  # whatever id we accepted can be echoed back
         assert reply.endswith(b"\n")
+
+
+@given(st.one_of(st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.text(max_size=20),
+                 st.floats(allow_nan=False, allow_infinity=False), st.booleans()))
+def test_accepted_reply_fast_path_is_byte_identical(request_id):
+    """encode_accepted skips the JSON encoder for integer ids: the bytes must be exactly encode_result's."""
+    assert rpc.encode_accepted(request_id) == rpc.encode_result(request_id, True)
