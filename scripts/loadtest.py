@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,7 +250,8 @@ def child_main(args: argparse.Namespace) -> int:
 
     def reporter() -> None:
         while True:
-            out.write(json.dumps({"type": "progress", **stats}) + "\n")
+            newest = max(jobs.items(), key=lambda item: item[1][1], default=None)   # (job id, [count, first, last])
+            out.write(json.dumps({"type": "progress", **stats, "last_job": newest}) + "\n")
             out.flush()
             gevent.sleep(1.0)
 
@@ -286,6 +288,18 @@ def server_cpu(pid: int | None) -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def last_fanout(progress: Iterable[dict]) -> str:
+    """The newest job any child has seen: how many miners got it so far, first to last arrival across children."""
+    newest = [m["last_job"] for m in progress if m.get("last_job")]
+    if not newest:
+        return "last fan-out -"
+    job_id = max(newest, key=lambda item: item[1][1])[0]
+    parts = [entry for jid, entry in newest if jid == job_id]
+    reached = sum(entry[0] for entry in parts)
+    spread = max(entry[2] for entry in parts) - min(entry[1] for entry in parts)
+    return f"last fan-out {reached} miners in {spread * 1000:.0f} ms"
 
 
 def report(finals: list[dict], args: argparse.Namespace, timeline: list[dict], elapsed: float) -> dict:
@@ -344,7 +358,13 @@ def markdown(result: dict) -> str:
             ("server CPU per share after the ramp (us)", fmt(result.get("server_cpu_us_per_share_after_ramp"))),
             ("drops / errors / connect failures",
              f"{result['drops']} / {result['errors']} / {result['connect_failures']}")]
-    return "| what | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    table = "| what | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    recent = result["jobs"][-10:]
+    if recent:   # per job: who got it and how far apart the first and last arrivals were (all jobs: --json)
+        table += ("\n\n| job (last 10 broadcasts) | miners reached | fraction | first to last arrival (ms) |\n"
+                  "|---|---|---|---|\n" + "\n".join(f"| {j['job_id']} | {j['reached']} | {j['fraction']:.4f} | "
+                                                    f"{j['spread_ms']:.1f} |" for j in recent))
+    return table
 
 
 def plot(result: dict, path: str) -> None:
@@ -431,7 +451,7 @@ def parent_main(args: argparse.Namespace) -> int:
             last_print = now
             print(f"\r[{point['t']:6.1f}s] connected {total['connected']:6d}  handshakes/s {point['handshakes_per_s']:7.1f}"
                   f"  shares/s {point['accepted_per_s']:8.1f} acc, rejected {total['rejected']}  drops {total['drops']}"
-                  f"  errors {total['errors']}", end="", file=sys.stderr, flush=True)
+                  f"  errors {total['errors']}  {last_fanout(latest.values())}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     for child in children:
         try:
