@@ -118,8 +118,8 @@ class Pool:
                                  witness_commitment=bool(cfg.witness_commitment))
         self.job_stream = JobStream(source, book, self.server.broadcast, recorder, cfg.notify_interval,
                                     cfg.clean_every, db=self.db)
-        self.cluster = Cluster(cfg.listen_database_url or self.db.url, server_id, self.job_stream.on_published, self.server.session_taken,
-                               on_admin=self._on_admin)
+        self.cluster = Cluster(cfg.listen_database_url or self.db.url, server_id, self.job_stream.on_published,
+                               self.server.session_taken, on_admin=self._on_admin)
         self.job_stream.cluster = self.cluster
         self.server.publish_session = lambda session_id: Cluster.publish(
             self.db, SESSIONS_CHANNEL, {"from": server_id, "session": session_id})

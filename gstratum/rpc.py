@@ -105,7 +105,8 @@ def encode_accepted(request_id: Any) -> bytes:
     integer ids every miner sends, without the JSON encoder)."""
     if type(request_id) is int:
         return b'{"id":%d' % request_id + _ACCEPTED_TAIL
-    return b'{"id":' + ujson.dumps(request_id, ensure_ascii=True, escape_forward_slashes=False).encode() + _ACCEPTED_TAIL
+    encoded_id = ujson.dumps(request_id, ensure_ascii=True, escape_forward_slashes=False).encode()
+    return b'{"id":' + encoded_id + _ACCEPTED_TAIL
 
 
 def encode_error(request_id: Any, error: StratumError) -> bytes:

@@ -2,9 +2,10 @@
 
 `put` never blocks and never does I/O, so a slow or absent database cannot stall a miner. The writer flushes every
 `interval` seconds (or as soon as a batch is full): one INSERT per table, all in one query string and one
-transaction. On a database error the rows stay queued and the write is retried with backoff; rows carry their own ids, so a batch
-that did reach the database before the error is not duplicated (ON CONFLICT DO NOTHING). Past `max_queue` rows,
-new rows spill to the journal on disk (fsync'd in groups each loop), replayed when the database is back.
+transaction. On a database error the rows stay queued and the write is retried with backoff; rows carry their own
+ids, so a batch that did reach the database before the error is not duplicated (ON CONFLICT DO NOTHING). Past
+`max_queue` rows, new rows spill to the journal on disk (fsync'd in groups each loop), replayed when the database is
+back.
 """
 from __future__ import annotations
 
