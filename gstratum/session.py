@@ -64,6 +64,12 @@ def clamp(value: float, low: float, high: float) -> float:
 class Session:
     """One miner's protocol state. Not thread-safe; driven by one connection greenlet (and the broadcaster)."""
 
+    # slots and a class-level dispatch table: 10,000 sessions without a per-instance dict or a dict of bound methods
+    __slots__ = ("services", "connection_id", "remote_addr", "subscribed", "session_id", "extranonce1",
+                 "_extranonce1_bytes", "workers", "difficulty", "_changes", "_first_seq", "_seen", "_aliases",
+                 "_retargets", "version_mask", "suggested", "minimum_difficulty", "requests", "errors", "vardiff",
+                 "last_activity")
+
     def __init__(self, services: Services, connection_id: str, remote_addr: str = "0.0.0.0") -> None:
         self.services = services
         self.connection_id = connection_id
@@ -86,17 +92,6 @@ class Session:
         self.errors = 0
         self.vardiff = Vardiff(services.vardiff, services.clock())
         self.last_activity = services.clock()
-        self._handlers = {
-            "mining.subscribe": self.subscribe,
-            "mining.authorize": self.authorize,
-            "mining.submit": self.submit,
-            "mining.configure": self.configure,
-            "mining.suggest_difficulty": self.suggest_difficulty,
-            "mining.suggest_target": self.suggest_target,
-            "mining.extranonce.subscribe": self.extranonce_subscribe,
-            "mining.get_transactions": self.get_transactions,
-            "client.get_version": self.get_version,
-        }
 
     # -- the one place where exceptions become replies ---------------------------------------------------------
     def receive_line(self, line: bytes) -> list[bytes]:
@@ -109,10 +104,10 @@ class Session:
             if isinstance(message, Response):
                 return []
             request_id = message.id
-            handler = self._handlers.get(message.method)
+            handler = _HANDLERS.get(message.method)
             if handler is None:
                 raise StratumError(OTHER, f"Unknown method {message.method[:64]!r}")
-            return handler(message)
+            return handler(self, message)
         except StratumError as err:
             self.errors += 1
             return [rpc.encode_error(err.request_id if err.request_id is not None else request_id, err)]
@@ -395,6 +390,19 @@ class Session:
             self.services.on_block({"job_id": job.job_id, "height": job.height, "worker": worker,
                                     "block_hash": block_hash, "header": header.hex(),
                                     "connection_id": self.connection_id})
+
+
+_HANDLERS = {
+    "mining.subscribe": Session.subscribe,
+    "mining.authorize": Session.authorize,
+    "mining.submit": Session.submit,
+    "mining.configure": Session.configure,
+    "mining.suggest_difficulty": Session.suggest_difficulty,
+    "mining.suggest_target": Session.suggest_target,
+    "mining.extranonce.subscribe": Session.extranonce_subscribe,
+    "mining.get_transactions": Session.get_transactions,
+    "client.get_version": Session.get_version,
+}
 
 
 def _is_hex(text: str) -> bool:
