@@ -62,6 +62,8 @@ class Metrics:
 
 
 def _histogram(name: str, doc: str, snapshots: list[dict], key: str) -> HistogramMetricFamily:
+    # a worker still running the previous release during a rolling restart may not have this histogram yet
+    snapshots = [snap for snap in snapshots if key in snap]
     bounds = snapshots[0][key]["bounds"] if snapshots else []
     counts = [0] * (len(bounds) + 1)
     total = 0.0

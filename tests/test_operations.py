@@ -202,3 +202,28 @@ def test_a_database_with_an_incompatible_schema_stops_start_up_with_a_clear_mess
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+def test_metrics_sum_workers_even_when_one_runs_the_previous_release():
+    """With --workers, /metrics sums every worker's snapshot. During a rolling restart an old worker's snapshot may
+    lack a histogram the new release added (gc_pause): the sum uses the workers that have it, nothing fails."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gstratum.metrics import Metrics, PoolCollector
+
+    def snapshot(metrics: Metrics) -> dict:
+        return {"connections": 1, "subscribed": 1, "writer_queue": 0, "journal_bytes": 0, "extranonce_reserve": 5,
+                "processes": 1, "counters": metrics.counters()}
+
+    new, old = Metrics(), Metrics()
+    new.gc_pause.observe(0.003)
+    new.fanout.observe(0.02)
+    old.fanout.observe(0.04)
+    old_snapshot = snapshot(old)
+    del old_snapshot["counters"]["gc_pause"]
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(lambda: [snapshot(new), old_snapshot]))
+    text = generate_latest(registry).decode()
+    assert metric(text, "gstratum_gc_pause_seconds_count") == 1
+    assert metric(text, "gstratum_notify_fanout_seconds_count") == 2
+    assert metric(text, "gstratum_miners_connected") == 2
