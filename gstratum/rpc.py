@@ -89,8 +89,13 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
+def _json(obj: Any) -> bytes:
+    """The one place the wire's JSON options live."""
+    return ujson.dumps(obj, ensure_ascii=True, escape_forward_slashes=False).encode()
+
+
 def _dump(obj: Any) -> bytes:
-    return ujson.dumps(obj, ensure_ascii=True, escape_forward_slashes=False).encode() + b"\n"
+    return _json(obj) + b"\n"
 
 
 def encode_result(request_id: Any, result: Any) -> bytes:
@@ -105,8 +110,7 @@ def encode_accepted(request_id: Any) -> bytes:
     integer ids every miner sends, without the JSON encoder)."""
     if type(request_id) is int:
         return b'{"id":%d' % request_id + _ACCEPTED_TAIL
-    encoded_id = ujson.dumps(request_id, ensure_ascii=True, escape_forward_slashes=False).encode()
-    return b'{"id":' + encoded_id + _ACCEPTED_TAIL
+    return b'{"id":' + _json(request_id) + _ACCEPTED_TAIL
 
 
 def encode_error(request_id: Any, error: StratumError) -> bytes:

@@ -195,8 +195,7 @@ class StratumServer:
             started = time.perf_counter()
             line = job.notify_line()
             targets = list(self.subscribed)
-            retarget_cutoff = self.services.clock() - self.services.vardiff.retarget_after \
-                if self.services.vardiff.enabled else float("-inf")
+            retarget_cutoff = self.services.vardiff.due_cutoff(self.services.clock())
             cpu = 0.0
             for first in range(0, len(targets), FANOUT_CHUNK):
                 cpu_started = time.process_time()

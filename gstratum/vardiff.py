@@ -19,6 +19,10 @@ class VardiffPolicy:
     max_difficulty: float = 2.0**40
     enabled: bool = True
 
+    def due_cutoff(self, now: float) -> float:
+        """Miners whose vardiff window started at or before this moment may be due a retarget (-inf: never)."""
+        return now - self.retarget_after if self.enabled else float("-inf")
+
 
 class Vardiff:
     __slots__ = ("policy", "since", "shares")

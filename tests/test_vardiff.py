@@ -50,3 +50,9 @@ def test_disabled_policy_never_proposes():
     vd = Vardiff(VardiffPolicy(enabled=False), now=0)
     shares(vd, 1000)
     assert vd.proposal(1.0, now=1e6) is None
+
+
+def test_due_cutoff_marks_who_the_broadcast_must_check():
+    policy = VardiffPolicy(retarget_after=60.0)
+    assert policy.due_cutoff(1000.0) == 940.0
+    assert VardiffPolicy(enabled=False).due_cutoff(1000.0) == float("-inf")   # never due: every miner the fast path
