@@ -19,13 +19,13 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
-from . import config as config_module  # noqa: E402
+from gstratum import config as config_module  # noqa: E402
 
 log = logging.getLogger("gstratum")
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
-    from .logs import configure
+    from gstratum.ops.logs import configure
 
     configure(level, fmt)
 
@@ -37,10 +37,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gstratum: {exc}", file=sys.stderr)
         return 2
     _setup_logging(cfg.log_level, cfg.log_format)
-    from .app import Pool, SchemaMismatch
-    from .tuning import tune_process, watch_gc
+    from gstratum.app import Pool, SchemaMismatch
+    from gstratum.ops.tuning import tune_process, watch_gc
 
-    from . import takeover
+    from gstratum.net import takeover
 
     tune_process()
     if config_module.worker_count(cfg) > 1:
@@ -103,8 +103,8 @@ def _dump_greenlets() -> None:
 
 def _run_workers(cfg) -> int:
     """The supervisor: resolve the database once (embedded if no URL), then run N workers on it."""
-    from .app import Pool
-    from .workers import supervise
+    from gstratum.app import Pool
+    from gstratum.net.supervisor import supervise
 
     holder = Pool(cfg)
     url = holder.database_url()
@@ -116,7 +116,7 @@ def _run_workers(cfg) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from .client_cli import run
+    from gstratum.client.cli import run
 
     return run(args)
 
@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="bind the port beside a running server (SO_REUSEPORT) and make it drain its miners to us")
     run.set_defaults(func=cmd_run)
     client = sub.add_parser("client", help="connect, subscribe, authorize, validate; optionally mine")
-    from .client_cli import add_flags
+    from gstratum.client.cli import add_flags
 
     add_flags(client)
     client.set_defaults(func=cmd_client)
-    from . import ops_cli
+    from gstratum.ops import commands as ops_cli
 
     stats = sub.add_parser("stats", help="print the pool and its top workers from the database")
     ops_cli.add_stats_flags(stats)

@@ -9,26 +9,27 @@ import gevent
 import psycopg2
 import ujson
 
-from . import bitcoin, http
-from .allocator import SequenceAllocator
-from .cluster import ADMIN_CHANNEL, SESSIONS_CHANNEL, Cluster
-from .config import Config
-from .db import Database
-from .embedded_pg import EmbeddedPostgres
-from .greenlets import spawn_logged
-from .http import StatsApi
-from .jobs import JobBook, RandomJobSource
-from .jobstream import JobStream
-from .journal import Journal
-from .records import Recorder, make_server_id
-from .retention import Retention
-from .server import StratumServer
-from .session import Services
-from .sessions import SessionDirectory
-from .stats import PoolStats
-from .vardiff import VardiffPolicy
-from .workers import WORKER_ENV
-from .writer import Writer
+from gstratum.mining import bitcoin
+from gstratum.ops import http
+from gstratum.storage.allocator import SequenceAllocator
+from gstratum.cluster.bus import ADMIN_CHANNEL, SESSIONS_CHANNEL, Cluster
+from gstratum.config import Config
+from gstratum.storage.db import Database
+from gstratum.storage.embedded_pg import EmbeddedPostgres
+from gstratum.greenlets import spawn_logged
+from gstratum.ops.http import StatsApi
+from gstratum.mining.jobs import JobBook, RandomJobSource
+from gstratum.cluster.jobstream import JobStream
+from gstratum.storage.journal import Journal
+from gstratum.storage.records import Recorder, make_server_id
+from gstratum.storage.retention import Retention
+from gstratum.net.server import StratumServer
+from gstratum.protocol.session import Services
+from gstratum.storage.resumption import SessionDirectory
+from gstratum.ops.stats import PoolStats
+from gstratum.protocol.vardiff import VardiffPolicy
+from gstratum.net.supervisor import WORKER_ENV
+from gstratum.storage.writer import Writer
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import ujson  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gstratum.jobs import RandomJobSource  # noqa: E402  (well-formed jobs, so the load tool can mine real shares)
+from gstratum.mining.jobs import RandomJobSource  # noqa: E402  (well-formed jobs, so the load tool can mine real shares)
 
 
 def main() -> int:

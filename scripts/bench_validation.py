@@ -16,10 +16,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import ujson  # noqa: E402
 
-from gstratum.allocator import MemoryAllocator  # noqa: E402
-from gstratum.jobs import JobBook, RandomJobSource  # noqa: E402
-from gstratum.records import Recorder  # noqa: E402
-from gstratum.session import Services, Session  # noqa: E402
+from gstratum.storage.allocator import MemoryAllocator  # noqa: E402
+from gstratum.mining.jobs import JobBook, RandomJobSource  # noqa: E402
+from gstratum.storage.records import Recorder  # noqa: E402
+from gstratum.protocol.session import Services, Session  # noqa: E402
 
 
 def main() -> None:

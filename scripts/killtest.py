@@ -45,7 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     embedded = None
     if not args.database_url:
-        from gstratum.embedded_pg import EmbeddedPostgres
+        from gstratum.storage.embedded_pg import EmbeddedPostgres
 
         embedded = EmbeddedPostgres(ROOT / ".gstratum" / "killtest-pgdata").start()
         args.database_url = embedded.url

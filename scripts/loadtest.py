@@ -49,9 +49,9 @@ def child_main(args: argparse.Namespace) -> int:
     import ujson
 
     sys.path.insert(0, str(ROOT))
-    from gstratum import bitcoin
-    from gstratum.miner import find_share
-    from gstratum.shares import HeaderTemplate
+    from gstratum.mining import bitcoin
+    from gstratum.client.miner import find_share
+    from gstratum.mining.shares import HeaderTemplate
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

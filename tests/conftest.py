@@ -27,7 +27,7 @@ def database_url():
     if url:
         yield url
         return
-    from gstratum.embedded_pg import EmbeddedPostgres
+    from gstratum.storage.embedded_pg import EmbeddedPostgres
 
     pg = EmbeddedPostgres(ROOT / ".gstratum" / "test-pgdata").start()
     yield pg.url
@@ -40,7 +40,7 @@ def embedded_pg(database_url):
     """The embedded server itself, for tests that stop and start the database (skipped with DATABASE_URL)."""
     if os.environ.get("DATABASE_URL"):
         pytest.skip("the database is given by DATABASE_URL; this test needs to own it (embedded PostgreSQL)")
-    from gstratum.embedded_pg import EmbeddedPostgres
+    from gstratum.storage.embedded_pg import EmbeddedPostgres
 
     return EmbeddedPostgres(ROOT / ".gstratum" / "test-pgdata").start()
 
@@ -48,9 +48,9 @@ def embedded_pg(database_url):
 @pytest.fixture(scope="session")
 def schema(database_url):
     """Apply the schema once, the same way the server does."""
-    from gstratum.db import Database
+    from gstratum.storage.db import Database
 
-    from gstratum.retention import Retention
+    from gstratum.storage.retention import Retention
 
     db = Database(database_url)
     db.apply_schema()

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gstratum import bitcoin
-from gstratum.miner import find_share
-from gstratum.shares import HeaderTemplate, check_share
+from gstratum.mining import bitcoin
+from gstratum.client.miner import find_share
+from gstratum.mining.shares import HeaderTemplate, check_share
 
 GENESIS_COINBASE = bytes.fromhex(
     "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff4d04ffff001d0104455468652054"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gstratum.client import StratumClient
-from gstratum.mining import mine
+from gstratum.client.work import mine
 
 from .conftest import ROOT
 

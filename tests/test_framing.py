@@ -2,7 +2,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gstratum.framing import LINE_TOO_LONG, LineFramer
+from gstratum.protocol.framing import LINE_TOO_LONG, LineFramer
 
 
 def feed_all(framer, chunks):

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 
 from gstratum.client import StratumClient
-from gstratum.db import Database
-from gstratum.mining import mine
-from gstratum.retention import Retention, partition_name, plan
+from gstratum.storage.db import Database
+from gstratum.client.work import mine
+from gstratum.storage.retention import Retention, partition_name, plan
 
 from .conftest import ROOT, query
 
@@ -209,7 +209,7 @@ def test_metrics_sum_workers_even_when_one_runs_the_previous_release():
     lack a histogram the new release added (gc_pause): the sum uses the workers that have it, nothing fails."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gstratum.metrics import Metrics, PoolCollector
+    from gstratum.ops.metrics import Metrics, PoolCollector
 
     def snapshot(metrics: Metrics) -> dict:
         return {"connections": 1, "subscribed": 1, "writer_queue": 0, "journal_bytes": 0, "extranonce_reserve": 5,

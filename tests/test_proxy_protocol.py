@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gstratum.client import StratumClient
-from gstratum.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse
+from gstratum.protocol.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse
 
 from .conftest import free_port, query
 

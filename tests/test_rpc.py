@@ -4,8 +4,8 @@ import ujson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gstratum import rpc
-from gstratum.rpc import Request, Response, StratumError
+from gstratum.protocol import rpc
+from gstratum.protocol.rpc import Request, Response, StratumError
 
 
 def test_decode_request():

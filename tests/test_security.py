@@ -15,7 +15,7 @@ from .conftest import query
 @pytest.fixture
 def app_role_url(schema, db):
     """A login for gstratum_app (the schema files were applied by the owner in the `schema` fixture)."""
-    from gstratum.db import SCHEMA_DIR
+    from gstratum.storage.db import SCHEMA_DIR
 
     with db.cursor() as cur:
         cur.execute((SCHEMA_DIR / "002_app_role.sql").read_text())

@@ -5,10 +5,10 @@ import ujson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gstratum.allocator import MemoryAllocator
-from gstratum.jobs import JobBook, RandomJobSource
-from gstratum.records import Recorder
-from gstratum.session import Services, Session
+from gstratum.storage.allocator import MemoryAllocator
+from gstratum.mining.jobs import JobBook, RandomJobSource
+from gstratum.storage.records import Recorder
+from gstratum.protocol.session import Services, Session
 
 
 class Clock:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import time
 
-from gstratum import bitcoin
+from gstratum.mining import bitcoin
 from gstratum.client import StratumClient, StratumRejected
-from gstratum.mining import bad_share_checks, mine
+from gstratum.client.work import bad_share_checks, mine
 
 from .conftest import query, wait_rows
 
@@ -49,7 +49,7 @@ def test_share_on_job_sent_before_retarget_is_judged_at_old_difficulty(start_ser
     with server.miner(worker) as client:
         client.wait_for("mining.notify")
         old_job = client.state.job
-        from gstratum.mining import JobWork
+        from gstratum.client.work import JobWork
 
         work = JobWork(client)
         work.refresh()
@@ -92,8 +92,8 @@ def test_version_rolling(start_server):
         client.subscribe()
         client.authorize(worker)
         client.wait_for("mining.notify")
-        from gstratum.mining import JobWork
-        from gstratum.miner import find_share
+        from gstratum.client.work import JobWork
+        from gstratum.client.miner import find_share
 
         work = JobWork(client)
         work.refresh()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gstratum.vardiff import Vardiff, VardiffPolicy
+from gstratum.protocol.vardiff import Vardiff, VardiffPolicy
 
 POLICY = VardiffPolicy(target_interval=10, retarget_after=60, tolerance=2, max_step=16, min_difficulty=0.001,
                        max_difficulty=1e6)

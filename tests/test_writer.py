@@ -5,10 +5,10 @@ import time
 
 import psycopg2
 
-from gstratum.db import Database
-from gstratum.journal import Journal, read_batches
-from gstratum.records import Recorder
-from gstratum.writer import Writer
+from gstratum.storage.db import Database
+from gstratum.storage.journal import Journal, read_batches
+from gstratum.storage.records import Recorder
+from gstratum.storage.writer import Writer
 
 from .conftest import query
 
@@ -106,7 +106,7 @@ def test_rollup_equals_aggregate_over_raw_shares_even_after_replays(schema, tmp_
 def test_a_systematic_error_keeps_rows_queued_not_set_aside(schema, tmp_path, db):
     """Only rows the database refuses for their content are set aside; an error about the statement itself
     (here a missing table) leaves every row queued for a retry."""
-    from gstratum.records import TABLES, Table
+    from gstratum.storage.records import TABLES, Table
 
     broken = dict(TABLES)
     spec = TABLES["authorizations"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from .shares import HeaderTemplate
+from gstratum.mining.shares import HeaderTemplate
 
 
 def find_share(template: HeaderTemplate, extranonce1: bytes, extranonce2: bytes, ntime: str, version: int,

@@ -18,10 +18,10 @@ import gevent
 import gevent.event
 import psycopg2
 
-from .db import Database
-from .greenlets import stop_greenlet
-from .journal import Journal, read_batches
-from .records import TABLES, Table
+from gstratum.storage.db import Database
+from gstratum.greenlets import stop_greenlet
+from gstratum.storage.journal import Journal, read_batches
+from gstratum.storage.records import TABLES, Table
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import gevent
 import gevent.event
 import ujson
 
-from .greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import spawn_logged, stop_greenlet
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,9 @@ def read_snapshots(directory: Path, max_age: float = 15.0) -> list[dict]:
 
 def serve_http(cfg, database_url: str):
     """One HTTP side port for all workers: their snapshots summed, admin actions published to all of them."""
-    from . import http
-    from .cluster import ADMIN_CHANNEL, Cluster
-    from .db import Database
+    from gstratum.ops import http
+    from gstratum.cluster.bus import ADMIN_CHANNEL, Cluster
+    from gstratum.storage.db import Database
 
     db = Database(database_url, size=2)
     directory = cfg.runtime_dir / str(cfg.port)

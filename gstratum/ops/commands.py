@@ -104,8 +104,8 @@ def add_maintain_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_maintain(args: argparse.Namespace) -> int:
-    from .db import Database
-    from .retention import Retention
+    from gstratum.storage.db import Database
+    from gstratum.storage.retention import Retention
 
     if not args.database_url:
         print("maintain: give --database-url or DATABASE_URL", file=sys.stderr)

@@ -11,7 +11,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from .bitcoin import difficulty_from_hash, stratum_prevhash_to_header
+from gstratum.mining.bitcoin import difficulty_from_hash, stratum_prevhash_to_header
 
 _sha256 = hashlib.sha256
 

@@ -12,7 +12,7 @@ import re
 
 import gevent
 import psycopg2
-from .greenlets import stop_greenlet
+from gstratum.greenlets import stop_greenlet
 
 log = logging.getLogger(__name__)
 

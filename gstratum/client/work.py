@@ -8,10 +8,10 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from . import bitcoin
-from .client import StratumClient, StratumRejected
-from .miner import find_share
-from .shares import HeaderTemplate
+from gstratum.mining import bitcoin
+from gstratum.client import StratumClient, StratumRejected
+from gstratum.client.miner import find_share
+from gstratum.mining.shares import HeaderTemplate
 
 
 @dataclass

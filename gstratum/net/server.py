@@ -11,14 +11,15 @@ import gevent.lock
 import gevent.pool
 from gevent.server import StreamServer
 
-from .config import Config
-from .connection import SHUTDOWN, Connection
-from .greenlets import LoggedPool, spawn_logged, stop_greenlet
-from .limits import CostPolicy
-from .jobs import Job
-from .session import Session, Services
-from .takeover import make_listener
-from . import proxy_protocol, rpc
+from gstratum.config import Config
+from gstratum.net.connection import SHUTDOWN, Connection
+from gstratum.greenlets import LoggedPool, spawn_logged, stop_greenlet
+from gstratum.protocol.limits import CostPolicy
+from gstratum.mining.jobs import Job
+from gstratum.protocol.session import Session, Services
+from gstratum.net.takeover import make_listener
+from gstratum.protocol import proxy_protocol
+from gstratum.protocol import rpc
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class StratumServer:
         self.per_ip: dict[str, int] = {}
         self.drops: dict[str, int] = {}
         self.by_session: dict[str, Connection] = {}
-        self.directory = None           # gstratum.sessions.SessionDirectory, when resumption is on
+        self.directory = None           # gstratum.storage.resumption.SessionDirectory, when resumption is on
         self.publish_session = None     # tells other processes that a session moved here (cluster)
         self._sweeper = None
         self._broadcasting = gevent.lock.Semaphore()

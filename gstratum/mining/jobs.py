@@ -11,7 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import bitcoin, rpc
+from gstratum.mining import bitcoin
+from gstratum.protocol import rpc
 
 POOL_TAG = b"/gstratum/"
 DEFAULT_NBITS = 0x1D00FFFF  # network difficulty 1: shares at the tiny test difficulties are rarely "blocks"
@@ -60,9 +61,9 @@ class Job:
 
     @property
     def template(self):
-        """The share-hashing template (gstratum.shares.HeaderTemplate), decoded once per job."""
+        """The share-hashing template (gstratum.mining.shares.HeaderTemplate), decoded once per job."""
         if self._template is None:
-            from .shares import HeaderTemplate
+            from gstratum.mining.shares import HeaderTemplate
 
             self._template = HeaderTemplate.from_stratum(self.prevhash, self.coinb1, self.coinb2,
                                                          list(self.merkle_branch), self.version, self.nbits)

@@ -18,7 +18,7 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .metrics import PoolCollector
+from gstratum.ops.metrics import PoolCollector
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def _json(obj) -> bytes:
 
 
 def serve(app, host: str, port: int) -> WSGIServer:
-    from .takeover import reuse_port_listener
+    from gstratum.net.takeover import reuse_port_listener
 
     server = WSGIServer(reuse_port_listener(host, port), app, log=None, error_log=log)
     server.start()

@@ -16,7 +16,7 @@ import psycopg2.extensions
 
 log = logging.getLogger(__name__)
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "etc" / "postgres"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "etc" / "postgres"
 SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting together apply the schema one at a time
 
 SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizations", "jobs", "shares", "blocks",

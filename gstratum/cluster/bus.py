@@ -17,7 +17,7 @@ import gevent
 import psycopg2
 import psycopg2.extensions
 import ujson
-from .greenlets import stop_greenlet
+from gstratum.greenlets import stop_greenlet
 from gevent.socket import wait_read
 
 log = logging.getLogger(__name__)

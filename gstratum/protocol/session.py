@@ -14,13 +14,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import bitcoin, rpc
-from .jobs import Job, JobBook
-from .rpc import (DUPLICATE_SHARE, JOB_NOT_FOUND, LOW_DIFFICULTY, NOT_SUBSCRIBED, OTHER, UNAUTHORIZED, Request,
+from gstratum.mining import bitcoin
+from gstratum.protocol import rpc
+from gstratum.mining.jobs import Job, JobBook
+from gstratum.protocol.rpc import (DUPLICATE_SHARE, JOB_NOT_FOUND, LOW_DIFFICULTY, NOT_SUBSCRIBED, OTHER, UNAUTHORIZED, Request,
                   Response, StratumError)
-from .metrics import Metrics
-from .stats import PoolStats
-from .vardiff import Vardiff, VardiffPolicy
+from gstratum.ops.metrics import Metrics
+from gstratum.ops.stats import PoolStats
+from gstratum.protocol.vardiff import Vardiff, VardiffPolicy
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Services:
 
     allocator: Any                      # .allocate() -> int
     jobs: JobBook
-    recorder: Any                       # gstratum.records.Recorder (or a fake)
+    recorder: Any                       # gstratum.storage.records.Recorder (or a fake)
     stats: PoolStats = field(default_factory=PoolStats)
     difficulty: float = 1.0
     extranonce2_size: int = 4

@@ -6,7 +6,7 @@ import socket
 import sys
 import time
 
-from .client import ProtocolViolation, StratumClient, StratumRejected, parse_url
+from gstratum.client import ProtocolViolation, StratumClient, StratumRejected, parse_url
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _mine(client: StratumClient, args: argparse.Namespace) -> int:
-    from .mining import mine
+    from gstratum.client.work import mine
 
     def show(share, outcome):
         verdict = "accepted" if outcome is True else f"REJECTED ({outcome})"
@@ -94,7 +94,7 @@ def _mine(client: StratumClient, args: argparse.Namespace) -> int:
 
 
 def _bad_shares(client: StratumClient, worker: str, host: str, port: int) -> int:
-    from .mining import bad_share_checks
+    from gstratum.client.work import bad_share_checks
 
     failures = 0
     for kind, (expected, got) in bad_share_checks(client, worker, host, port).items():

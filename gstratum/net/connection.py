@@ -14,11 +14,11 @@ from collections import deque
 
 import gevent
 
-from . import rpc
-from .framing import LINE_TOO_LONG, LineFramer
-from .greenlets import spawn_logged
-from .limits import CLOSE, SLOW, CostMeter
-from .rpc import OTHER, StratumError
+from gstratum.protocol import rpc
+from gstratum.protocol.framing import LINE_TOO_LONG, LineFramer
+from gstratum.greenlets import spawn_logged
+from gstratum.protocol.limits import CLOSE, SLOW, CostMeter
+from gstratum.protocol.rpc import OTHER, StratumError
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import gevent
 import gevent.event
 import psycopg2
 
-from .db import Database
-from .rpc import OTHER, StratumError
-from .greenlets import stop_greenlet
+from gstratum.storage.db import Database
+from gstratum.protocol.rpc import OTHER, StratumError
+from gstratum.greenlets import stop_greenlet
 
 log = logging.getLogger(__name__)
 

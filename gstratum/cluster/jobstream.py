@@ -13,9 +13,9 @@ from collections import deque
 
 import gevent
 
-from .cluster import JOBS_CHANNEL, Cluster
-from .greenlets import spawn_logged, stop_greenlet
-from .jobs import Job, JobBook, JobSource, job_from_dict, job_to_dict
+from gstratum.cluster.bus import JOBS_CHANNEL, Cluster
+from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.mining.jobs import Job, JobBook, JobSource, job_from_dict, job_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class JobStream:
     def _latest_recorded(self) -> Job | None:
         import psycopg2
 
-        from .jobs import JOB_FIELDS
+        from gstratum.mining.jobs import JOB_FIELDS
 
         try:
             with self.db.connection() as conn, conn.cursor() as cur:

@@ -1,0 +1,1 @@
+"""Operators: HTTP API, metrics, logs, statistics, operator commands, process tuning."""

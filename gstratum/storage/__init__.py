@@ -1,0 +1,1 @@
+"""PostgreSQL: connection pool, rows, the writer and its journal, extranonce1, resumption, retention."""
