@@ -37,15 +37,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gstratum: {exc}", file=sys.stderr)
         return 2
     _setup_logging(cfg.log_level, cfg.log_format)
-    from gstratum.app import Pool, SchemaMismatch
-    from gstratum.ops.tuning import tune_process, watch_gc
-
     from gstratum.net import takeover
+    from gstratum.net.supervisor import WORKER_ENV
+    from gstratum.ops.tuning import tune_process
 
     tune_process()
     if config_module.worker_count(cfg) > 1:
         return _run_workers(cfg)
-    pool = Pool(cfg)
+    worker = os.environ.get(WORKER_ENV)
+    # sharing the port was asked for: by --takeover, by the supervisor (a worker) or by a predecessor (SIGHUP)
+    share = bool(args.takeover or worker or os.environ.get(takeover.PREDECESSOR_ENV))
+    try:
+        listener = takeover.open_listener(cfg.host, cfg.port, share)
+        http_listener = (takeover.open_listener(cfg.http_host, cfg.http_port, share)
+                         if cfg.http_port and not worker else None)
+    except (takeover.PortInUse, OSError) as exc:
+        log.error("start-up failed: %s", exc)
+        return 1
+    embedded = _embedded_postgres(cfg)
+    try:
+        return _serve(cfg, args, listener, http_listener, embedded, worker)
+    finally:
+        if embedded is not None:
+            embedded.release()
+
+
+def _embedded_postgres(cfg):
+    """The embedded PostgreSQL when no database URL is given (started, or joined when it already runs)."""
+    if cfg.database_url:
+        return None
+    from gstratum.storage.embedded_pg import EmbeddedPostgres
+
+    return EmbeddedPostgres(cfg.pgdata).start()
+
+
+def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> int:
+    """Run one server process until a signal stops it (or, after SIGHUP, its successor takes over)."""
+    import gc
+
+    from gstratum.app import Pool, SchemaMismatch
+    from gstratum.net import takeover
+    from gstratum.ops.tuning import watch_gc
+
+    snapshot_dir = cfg.runtime_dir / str(cfg.port) if worker else None
+    pool = Pool(cfg, embedded.url if embedded is not None else cfg.database_url, listener, http_listener,
+                snapshot_dir=snapshot_dir)
     stopped = gevent.event.Event()
     draining = gevent.event.Event()
 
@@ -55,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def request_successor(signum):
         log.info("signal SIGHUP: starting a successor to take over")
-        takeover.spawn_successor(pool.server.listener)
+        takeover.spawn_successor(listener)
 
     def request_drain(signum):
         log.info("signal SIGUSR1: a successor is listening; draining")
@@ -67,7 +103,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     gevent.signal_handler(signal.SIGHUP, request_successor, signal.SIGHUP)
     gevent.signal_handler(signal.SIGUSR1, request_drain, signal.SIGUSR1)
     gevent.signal_handler(signal.SIGUSR2, _dump_greenlets)
-    worker = os.environ.get("GSTRATUM_WORKER")
     pidfile = cfg.pidfile or takeover.pidfile_for(cfg.port, suffix=f"-worker{worker}" if worker else "")
     try:
         pool.start()
@@ -81,8 +116,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     takeover.signal_predecessor(args.takeover, pidfile)
     takeover.write_pidfile(pidfile)
-    import gc
-
     gc.collect()
     gc.freeze()  # start-up objects leave the collector's view: no long pauses scanning them later
     watch_gc(pool.metrics)
@@ -103,16 +136,21 @@ def _dump_greenlets() -> None:
 
 def _run_workers(cfg) -> int:
     """The supervisor: resolve the database once (embedded if no URL), then run N workers on it."""
-    from gstratum.app import Pool
+    from gstratum.net import takeover
     from gstratum.net.supervisor import supervise
 
-    holder = Pool(cfg)
-    url = holder.database_url()
+    try:   # the workers share the port among themselves, not with another server
+        takeover.open_listener(cfg.host, cfg.port, share=False).close()
+    except (takeover.PortInUse, OSError) as exc:
+        log.error("start-up failed: %s", exc)
+        return 1
+    embedded = _embedded_postgres(cfg)
     try:
+        url = embedded.url if embedded is not None else cfg.database_url
         return supervise(config_module.worker_count(cfg), url, sys.argv[1:], cfg)
     finally:
-        if holder.embedded is not None and holder.embedded.started_here:
-            holder.embedded.stop()
+        if embedded is not None:
+            embedded.release()
 
 
 def cmd_client(args: argparse.Namespace) -> int:

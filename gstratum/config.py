@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -67,6 +68,10 @@ class Config:
     retarget_after: float = 60.0
     payout_script: str = "51"
     witness_commitment: int = 0
+    cluster: str = "gstratum"         # pool namespace on the database: channels and leader lock
+    public_host: str | None = None    # what client.reconnect names on a restart (default: nothing, see README)
+    public_port: int = 0
+    keepalive: float = 60.0           # TCP keepalive idle seconds for miner sockets (0: off)
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -89,6 +94,10 @@ class Config:
                "and retarget_after must be > 0")
         _check(_is_hex(self.payout_script) and 0 < len(self.payout_script) <= 20_000, "payout_script",
                "must be a hex script")
+        _check(re.fullmatch(r"[a-z][a-z0-9_]{0,39}", self.cluster) is not None, "cluster",
+               "must be 1-40 lowercase letters, digits or _, starting with a letter")
+        _check(0 <= self.public_port <= 65535, "public_port", "must be 0..65535")
+        _check(self.keepalive >= 0, "keepalive", "must be >= 0")
         for name in ("database_url", "listen_database_url"):
             url = getattr(self, name)
             _check(url is None or url.startswith(("postgres://", "postgresql://")), name, "must be a postgresql:// URL")
@@ -186,6 +195,13 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--payout-script", dest="payout_script", help="coinbase output script, hex (default 51, OP_TRUE)")
     add("--witness-commitment", dest="witness_commitment", type=int, choices=[0, 1],
         help="add a witness commitment output to the coinbase (default 0)")
+    add("--cluster", help="pool name on the database (default gstratum): the processes of one pool share its job "
+                          "stream and leader; two pools with different names can share one PostgreSQL")
+    add("--public-host", dest="public_host",
+        help="the address miners use to reach the pool (the load balancer's), sent in client.reconnect on a "
+             "restart; without it the reconnect names no address and miners come back to the URL they use")
+    add("--public-port", dest="public_port", type=int, help="the port that goes with --public-host")
+    add("--keepalive", type=float, help="TCP keepalive idle seconds on miner sockets, to find dead peers (60)")
 
 
 def worker_count(cfg: Config) -> int:

@@ -82,7 +82,7 @@ def main() -> int:
         made = 1
         while True:
             gevent.sleep(args.notify_interval)
-            job[0] = source.next_job(made % 4 == 0)
+            job[0] = source.next_job(made % 4 == 0, job[0])
             made += 1
             line = job[0].notify_line()
             started, cpu_started = time.perf_counter(), time.process_time()

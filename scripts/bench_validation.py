@@ -19,6 +19,8 @@ import ujson  # noqa: E402
 from gstratum.storage.allocator import MemoryAllocator  # noqa: E402
 from gstratum.mining.jobs import JobBook, RandomJobSource  # noqa: E402
 from gstratum.storage.records import Recorder  # noqa: E402
+from gstratum.ops.metrics import Metrics  # noqa: E402
+from gstratum.ops.stats import PoolStats  # noqa: E402
 from gstratum.protocol.session import Services, Session  # noqa: E402
 
 
@@ -32,7 +34,7 @@ def main() -> None:
     source = RandomJobSource(fake_txs=args.fake_txs)
     book.add(source.next_job(True))
     services = Services(allocator=MemoryAllocator(), jobs=book, recorder=Recorder(lambda t, r: rows.append(t), "b"),
-                        difficulty=1e-12)  # every hash meets it: the full accept path runs each time
+                        metrics=Metrics(), stats=PoolStats(), difficulty=1e-12)  # every hash meets it: the full accept path runs each time
     session = Session(services, "0" * 32)
     session.receive_line(b'{"id":1,"method":"mining.subscribe","params":[]}')
     session.receive_line(b'{"id":2,"method":"mining.authorize","params":["w","x"]}')

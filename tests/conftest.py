@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psycopg2
@@ -31,8 +32,7 @@ def database_url():
 
     pg = EmbeddedPostgres(ROOT / ".gstratum" / "test-pgdata").start()
     yield pg.url
-    if pg.started_here:
-        pg.stop()
+    pg.release()
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +83,11 @@ def wait_rows(conn, sql: str, *params, expect, timeout: float = 10.0):
         time.sleep(0.05)
 
 
+def new_cluster_name() -> str:
+    """A pool namespace of its own for a test server, so no test hears another test's job stream or leader."""
+    return f"t{uuid.uuid4().hex[:16]}"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -93,7 +98,7 @@ class ServerProcess:
     """`python -m gstratum run` in a subprocess on a free port, with its log captured to a file."""
 
     def __init__(self, database_url: str, tmp_path: Path, *args: str, port: int | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, cluster: str | None = None) -> None:
         self.port = port or free_port()
         self.http_port = free_port()
         self.host = "127.0.0.1"
@@ -102,7 +107,7 @@ class ServerProcess:
         self.journal_dir = tmp_path / "journal"
         cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
                "--database-url", database_url, "--journal-dir", str(self.journal_dir),
-               "--http-port", str(self.http_port), *args]
+               "--http-port", str(self.http_port), "--cluster", cluster or new_cluster_name(), *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_listening()
@@ -150,8 +155,8 @@ def start_server(schema, tmp_path):
     """Factory: start_server(*flags) -> ServerProcess; all are stopped at the end of the test."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str, port: int | None = None, env: dict | None = None) -> ServerProcess:
-        server = ServerProcess(schema, tmp_path, *args, port=port, env=env)
+    def start(*args: str, port: int | None = None, env: dict | None = None, cluster: str | None = None) -> ServerProcess:
+        server = ServerProcess(schema, tmp_path, *args, port=port, env=env, cluster=cluster)
         servers.append(server)
         return server
 

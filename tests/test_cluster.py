@@ -6,6 +6,8 @@ import time
 
 from gstratum.client import StratumClient
 
+from .conftest import new_cluster_name
+
 
 def job_ids(client: StratumClient, count: int, timeout: float) -> list[str]:
     seen = [m["params"][0] for m in client.state.notifications if m["method"] == "mining.notify"]
@@ -21,8 +23,9 @@ def job_ids(client: StratumClient, count: int, timeout: float) -> list[str]:
 
 
 def test_two_processes_share_one_job_stream_and_fail_over(start_server):
-    a = start_server("--notify-interval", "1")
-    b = start_server("--notify-interval", "1")
+    pool = new_cluster_name()
+    a = start_server("--notify-interval", "1", cluster=pool)
+    b = start_server("--notify-interval", "1", cluster=pool)
     assert "now the job leader" in a.log() and "now the job leader" not in b.log()
     with StratumClient(a.host, a.port) as on_a, StratumClient(b.host, b.port) as on_b:
         on_a.subscribe()

@@ -103,8 +103,8 @@ def test_admin_actions_reach_the_right_miners_and_need_the_token(start_server, d
         assert not [m for m in bob.state.notifications if m["method"] == "client.show_message"]
         status, _ = post(server, "/api/admin/reconnect", {"host": "pool2.example", "port": 3334})
         assert status == 200
-        for client in (alice, bob):
-            assert client.wait_for("client.reconnect", timeout=5)["params"] == ["pool2.example", 3334, 0]
+        for client in (alice, bob):   # the port as a string: cgminer and bfgminer read it with json_string_value
+            assert client.wait_for("client.reconnect", timeout=5)["params"] == ["pool2.example", "3334", 0]
         assert post(server, "/api/admin/disconnect", {"worker": "alice.rig"})[0] == 200
         with pytest.raises((ConnectionError, OSError)):
             while True:

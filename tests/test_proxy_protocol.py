@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gstratum.client import StratumClient
 from gstratum.protocol.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse
 
-from .conftest import free_port, query
+from .conftest import free_port, new_cluster_name, query
 
 
 def v2(source: str, port: int, command: int = 1, tlv: bytes = b"") -> bytes:
@@ -66,8 +66,9 @@ def test_arbitrary_bytes_never_raise_anything_else(data):
 @pytest.mark.skipif(shutil.which("haproxy") is None,
                     reason="Debian's haproxy is not installed (.ci/run installs it with apt-get when it can)")
 def test_behind_haproxy_two_servers_one_job_stream_real_addresses(start_server, tmp_path, db):
-    a = start_server("--proxy-protocol", "--notify-interval", "1")
-    b = start_server("--proxy-protocol", "--notify-interval", "1")
+    pool = new_cluster_name()
+    a = start_server("--proxy-protocol", "--notify-interval", "1", cluster=pool)
+    b = start_server("--proxy-protocol", "--notify-interval", "1", cluster=pool)
     front = free_port()
     config = tmp_path / "haproxy.cfg"
     config.write_text(f"""

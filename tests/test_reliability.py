@@ -10,7 +10,7 @@ import pytest
 
 from gstratum.client import StratumClient, StratumRejected
 
-from .conftest import query
+from .conftest import new_cluster_name, query
 
 
 class AuthorizingMiner(threading.Thread):
@@ -251,8 +251,9 @@ def test_outage_with_1000_miners_submitting_every_share_row_kept(start_server, e
 def test_resuming_on_another_process_closes_the_old_connection_there(start_server):
     """Two live connections never share an extranonce1, even across processes: the process that resumes the
     session tells the others over NOTIFY, and the one holding the old connection closes it."""
-    a = start_server()
-    b = start_server()
+    pool = new_cluster_name()
+    a = start_server(cluster=pool)
+    b = start_server(cluster=pool)
     with StratumClient(a.host, a.port) as old:
         original = old.subscribe()
         time.sleep(0.3)   # the subscription row reaches the database within the writer's 50 ms interval

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from gstratum.storage.allocator import MemoryAllocator
 from gstratum.mining.jobs import JobBook, RandomJobSource
 from gstratum.storage.records import Recorder
+from gstratum.ops.metrics import Metrics
+from gstratum.ops.stats import PoolStats
 from gstratum.protocol.session import Services, Session
 
 
@@ -26,7 +28,8 @@ def make_session(difficulty: float = 1.0, **kwargs):
     source = RandomJobSource(clock=clock)
     book.add(source.next_job(clean_jobs=True))
     services = Services(allocator=MemoryAllocator(), jobs=book, recorder=Recorder(lambda t, r: rows.append((t, r)),
-                        "test-server", clock=clock), difficulty=difficulty, clock=clock, **kwargs)
+                        "test-server", clock=clock), metrics=Metrics(), stats=PoolStats(), difficulty=difficulty,
+                        clock=clock, **kwargs)
     return Session(services, "00000000000000000000000000000001", "192.0.2.7"), rows, source
 
 
@@ -72,7 +75,7 @@ def test_unknown_method_and_request_from_miner_side():
 def test_new_jobs_reach_subscribed_session_with_shared_line():
     session, _, source = make_session()
     call(session, "mining.subscribe", [])
-    job = source.next_job(clean_jobs=False)
+    job = source.next_job(clean_jobs=False, previous=session.services.jobs.current)
     session.services.jobs.add(job)
     assert session.broadcast_lines(job) == [job.notify_line()]
     assert session.broadcast_lines(job)[0] is job.notify_line()  # encoded once, shared

@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at    timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_created_at_idx ON jobs (created_at);
+-- The pool (`--cluster`) whose job stream made the job: a successor reads its pool's live jobs back at start.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cluster text NOT NULL DEFAULT 'gstratum';
+CREATE INDEX IF NOT EXISTS jobs_cluster_created_at_idx ON jobs (cluster, created_at);
 
 -- One row per mining.submit, accepted or rejected. error_code is NULL for an accepted share, else the Stratum
 -- error code sent back (21 stale job, 22 duplicate, 23 low difficulty, 24 unauthorized, 20 malformed).

@@ -1,96 +1,129 @@
-"""One job stream for every gstratum process on one database, on PostgreSQL alone.
+"""The cluster bus: every gstratum process of one pool on one PostgreSQL, with LISTEN/NOTIFY and an advisory lock.
 
-Exactly one process is the job leader: whoever holds a session-level advisory lock on its LISTEN connection. The
-leader builds each job, records it and publishes it with NOTIFY; every process (the leader too) LISTENs and
-broadcasts what it hears to its own miners. If the leader dies its connection closes, the lock is released, and
-another process takes it at its next try (every second), so jobs continue within one interval.
-The same channel mechanism tells other processes to close a connection whose session was resumed elsewhere.
-The LISTEN connection must go to PostgreSQL directly: a transaction-mode pooler (PgBouncer) cannot carry LISTEN
-or a session-level advisory lock.
+A pool is a namespace (`--cluster NAME`): its channels are `NAME_<channel>` and its leader lock is derived from
+NAME, so two independent pools (or two test servers) can share one database without hearing each other.
+
+Exactly one process of a pool is the leader: whoever holds the session-level advisory lock on its LISTEN connection.
+If the leader dies its connection closes, the lock is released, and another process takes it at its next try (every
+`poll` seconds). Users subscribe a handler per channel before `start()`; a handler gets the decoded JSON message.
+
+libpq reads every notification that has arrived whenever it reads from the socket, including during our own queries
+on the LISTEN connection (the leader's keep-alive, the lock attempt): those land in `conn.notifies` without the
+socket ever becoming readable again. So pending notifications are dispatched after every query and after every
+wake-up, never only when the socket turns readable.
+
+The LISTEN connection must reach PostgreSQL directly: a transaction-mode pooler (PgBouncer) cannot carry LISTEN or
+a session-level advisory lock (`--listen-database-url`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
+from typing import Callable
 
 import gevent
 import psycopg2
 import psycopg2.extensions
 import ujson
-from gstratum.greenlets import stop_greenlet
 from gevent.socket import wait_read
+
+from gstratum.errors import first_line
+from gstratum.greenlets import spawn_logged, stop_greenlet
 
 log = logging.getLogger(__name__)
 
-JOBS_CHANNEL = "gstratum_jobs"
-SESSIONS_CHANNEL = "gstratum_sessions"
-ADMIN_CHANNEL = "gstratum_admin"
-LEADER_LOCK = 0x6A6F626C  # "jobl"
+CLUSTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")   # it becomes part of channel names: keep it an identifier
+
+Handler = Callable[[dict], None]
 
 
-class Cluster:
-    def __init__(self, url: str, server_id: str, on_job, on_session_taken, on_admin=None, poll: float = 1.0) -> None:
-        self.url = url
+def leader_lock_key(cluster: str) -> int:
+    """A stable signed 64-bit advisory lock key for this pool's leadership."""
+    return int.from_bytes(hashlib.sha256(f"gstratum-leader:{cluster}".encode()).digest()[:8], "big", signed=True)
+
+
+class Bus:
+    """Publish/subscribe between the processes of one pool, plus leader election (the LISTEN connection)."""
+
+    def __init__(self, listen_url: str, db, cluster: str, server_id: str, poll: float = 1.0) -> None:
+        if not CLUSTER_NAME.match(cluster):
+            raise ValueError(f"cluster name {cluster!r} must be lowercase letters, digits and _ (1-40)")
+        self.listen_url = listen_url
+        self.db = db                  # publishes go over the ordinary pool, never the LISTEN connection
+        self.cluster = cluster
         self.server_id = server_id
-        self.on_job = on_job
-        self.on_session_taken = on_session_taken
-        self.on_admin = on_admin
         self.poll = poll
+        self.lock_key = leader_lock_key(cluster)
         self.is_leader = False
         self.connected = False
+        self.became_leader_at: float | None = None
+        self.publish_failures = 0
+        self._handlers: dict[str, Handler] = {}
         self._conn = None
         self._greenlet = None
-        self.became_leader_at: float | None = None
+
+    def channel(self, name: str) -> str:
+        return f"{self.cluster}_{name}"
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        """Register the handler of one channel (before start). Messages from this very process are delivered too;
+        a handler that must ignore its own echo compares `message["from"]` with `server_id`."""
+        if self._greenlet is not None:
+            raise RuntimeError("subscribe before start()")
+        self._handlers[self.channel(channel)] = handler
 
     # -- the LISTEN connection ----------------------------------------------------------------------------------
     def _connect(self) -> None:
-        conn = psycopg2.connect(self.url, connect_timeout=5, application_name="gstratum-listen",
+        conn = psycopg2.connect(self.listen_url, connect_timeout=5, application_name="gstratum-listen",
                                 keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
         conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
         with conn.cursor() as cur:
-            cur.execute(f"LISTEN {JOBS_CHANNEL}; LISTEN {SESSIONS_CHANNEL}; LISTEN {ADMIN_CHANNEL}")
+            cur.execute("; ".join(f'LISTEN "{name}"' for name in self._handlers) or "SELECT 1")
         self._conn = conn
         self.connected = True
 
     def _try_lead(self) -> None:
         with self._conn.cursor() as cur:
             if self.is_leader:
-                cur.execute("SELECT 1")   # a dead connection shows here, and leadership is given up below
+                cur.execute("SELECT 1")   # a dead connection shows here, and leadership is given up in _lost
                 return
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,))
             if cur.fetchone()[0]:
                 self.is_leader = True
                 self.became_leader_at = time.time()
-                log.info("this process is now the job leader")
+                log.info("this process is now the job leader (cluster %s)", self.cluster)
+
+    def _dispatch_pending(self) -> None:
+        notifies = self._conn.notifies
+        while notifies:
+            note = notifies.pop(0)
+            handler = self._handlers.get(note.channel)
+            if handler is None:
+                continue
+            try:
+                message = ujson.loads(note.payload)
+            except ValueError:
+                log.warning("ignored a malformed %s notification", note.channel)
+                continue
+            if isinstance(message, dict):
+                handler(message)
 
     def step(self) -> None:
-        """One round: (re)connect, try to lead, wait for notifications up to `poll` seconds, dispatch them."""
+        """One round: (re)connect, try to lead, dispatch what is pending, wait up to `poll` seconds for more."""
         if self._conn is None:
             self._connect()
         self._try_lead()
+        self._dispatch_pending()      # what libpq read while running that query
         try:
             wait_read(self._conn.fileno(), timeout=self.poll)
         except TimeoutError:
             return
         except OSError:
-            raise psycopg2.OperationalError("listen socket failed")
+            raise psycopg2.OperationalError("listen socket failed") from None
         self._conn.poll()
-        while self._conn.notifies:
-            note = self._conn.notifies.pop(0)
-            self._dispatch(note.channel, note.payload)
-
-    def _dispatch(self, channel: str, payload: str) -> None:
-        try:
-            message = ujson.loads(payload)
-        except ValueError:
-            log.warning("ignored a malformed %s notification", channel)
-            return
-        if channel == JOBS_CHANNEL:
-            self.on_job(message)
-        elif channel == SESSIONS_CHANNEL and message.get("from") != self.server_id:
-            self.on_session_taken(message.get("session"))
-        elif channel == ADMIN_CHANNEL and self.on_admin is not None:
-            self.on_admin(message)
+        self._dispatch_pending()
 
     def _run(self) -> None:
         backoff = 0.2
@@ -105,9 +138,9 @@ class Cluster:
 
     def _lost(self, exc: Exception) -> None:
         if self.is_leader:
-            log.warning("job leadership lost: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            log.warning("leadership of cluster %s lost: %s", self.cluster, first_line(exc))
         elif self.connected:
-            log.warning("LISTEN connection lost: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            log.warning("LISTEN connection lost: %s", first_line(exc))
         self.is_leader = False
         self.connected = False
         if self._conn is not None:
@@ -117,14 +150,14 @@ class Cluster:
                 pass
             self._conn = None
 
-    def start(self, spawn) -> None:
+    def start(self) -> None:
         """Connect and take part in the first election before returning, so start-up knows who leads."""
         try:
             self._connect()
             self._try_lead()
         except psycopg2.Error as exc:
             self._lost(exc)
-        self._greenlet = spawn(self._run)
+        self._greenlet = spawn_logged(self._run, name="cluster-listen")
 
     def stop(self) -> None:
         stop_greenlet(self._greenlet)
@@ -134,12 +167,19 @@ class Cluster:
         self.is_leader = False
 
     # -- publishing (on the pool's ordinary connections, never the LISTEN one) ------------------------------------
-    @staticmethod
-    def publish(db, channel: str, message: dict) -> bool:
+    def publish(self, channel: str, message: dict, statement: tuple[str, tuple] | None = None) -> bool:
+        """NOTIFY the pool; with `statement`, that statement runs in the same transaction first, so a listener that
+        hears the message can already read what the statement wrote (notifications are delivered at commit).
+        A failure is an ERROR with a counter: a message that does not go out splits the pool until it recovers."""
+        payload = ujson.dumps({"from": self.server_id, **message})
         try:
-            with db.connection() as conn, conn.cursor() as cur:
-                cur.execute("SELECT pg_notify(%s, %s)", (channel, ujson.dumps(message)))
+            with self.db.connection() as conn, conn.cursor() as cur:
+                if statement is not None:
+                    cur.execute(*statement)
+                cur.execute("SELECT pg_notify(%s, %s)", (self.channel(channel), payload))
             return True
         except psycopg2.Error as exc:
-            log.warning("NOTIFY %s failed: %s", channel, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            self.publish_failures += 1
+            log.error("publishing on %s failed (%d so far): %s", self.channel(channel), self.publish_failures,
+                      first_line(exc))
             return False

@@ -91,9 +91,10 @@ def job_from_dict(data: dict) -> Job:
 
 
 class JobSource(Protocol):
-    """Builds the next job. The randomized source is the default; a block-template source can replace it."""
+    """Builds the next job. `previous` is the pool's current job (made here or heard from another process), so a
+    job that is not clean continues the same block whoever made the one before it."""
 
-    def next_job(self, clean_jobs: bool) -> Job: ...
+    def next_job(self, clean_jobs: bool, previous: Job | None = None) -> Job: ...
 
 
 class RandomJobSource:
@@ -111,22 +112,23 @@ class RandomJobSource:
         self.clock = clock
         self._prefix = f"{secrets.randbits(32):08x}"  # job ids stay unique across processes and restarts
         self._counter = itertools.count(1)
-        self._height = 800_000 + secrets.randbelow(100_000)
-        self._prevhash = secrets.token_bytes(32)
 
-    def next_job(self, clean_jobs: bool) -> Job:
-        if clean_jobs:
-            self._height += 1
-            self._prevhash = secrets.token_bytes(32)
+    def next_job(self, clean_jobs: bool, previous: Job | None = None) -> Job:
+        if clean_jobs or previous is None:
+            height = previous.height + 1 if previous is not None else 800_000 + secrets.randbelow(100_000)
+            prevhash = bitcoin.header_prevhash_to_stratum(secrets.token_bytes(32))
+            clean_jobs = True
+        else:
+            height, prevhash = previous.height, previous.prevhash
         commitment = secrets.token_bytes(32) if self.witness_commitment else None
         coinb1, coinb2 = bitcoin.build_coinbase_parts(
-            self._height, POOL_TAG, self.extranonce_size, [(BLOCK_SUBSIDY, self.payout_script)], commitment)
+            height, POOL_TAG, self.extranonce_size, [(BLOCK_SUBSIDY, self.payout_script)], commitment)
         txids = [secrets.token_bytes(32) for _ in range(self.fake_txs)]
         branch = tuple(h.hex() for h in bitcoin.merkle_branch_for_coinbase(txids))
         now = int(self.clock())
         return Job(
             job_id=f"{self._prefix}{next(self._counter):x}",
-            prevhash=bitcoin.header_prevhash_to_stratum(self._prevhash),
+            prevhash=prevhash,
             coinb1=coinb1.hex(),
             coinb2=coinb2.hex(),
             merkle_branch=branch,
@@ -134,7 +136,7 @@ class RandomJobSource:
             nbits=f"{self.nbits:08x}",
             ntime=f"{now:08x}",
             clean_jobs=clean_jobs,
-            height=self._height,
+            height=height,
             created_at=self.clock(),
         )
 

@@ -15,15 +15,26 @@ from gstratum.config import Config
 from gstratum.net.connection import SHUTDOWN, Connection
 from gstratum.greenlets import LoggedPool, spawn_logged, stop_greenlet
 from gstratum.protocol.limits import CostPolicy
+from gstratum.protocol.vardiff import VardiffPolicy
 from gstratum.mining.jobs import Job
-from gstratum.protocol.session import Session, Services
-from gstratum.net.takeover import make_listener
 from gstratum.protocol import proxy_protocol
 from gstratum.protocol import rpc
 
 log = logging.getLogger(__name__)
 
 FANOUT_CHUNK = 512   # sends between yields in a broadcast (~5-10 ms of work on loopback)
+
+
+def _keep_alive(sock, idle: float) -> None:
+    """TCP keepalive and a user timeout: a miner that vanished (power cut, NAT dropped the mapping) is found within
+    about two idle periods whether or not we have data in flight, without closing quiet but live miners."""
+    if idle <= 0:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(idle // 6) or 1))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(idle * 2000))
 
 
 def _abort_later(conn: Connection, seconds: float) -> None:
@@ -33,46 +44,48 @@ def _abort_later(conn: Connection, seconds: float) -> None:
 
 
 class StratumServer:
-    def __init__(self, config: Config, services: Services, recorder) -> None:
+    """Accepts miners on `listener` (bound by the caller, so a busy port fails before anything starts), runs one
+    Session per connection (from `session_factory`), broadcasts jobs, drains to a successor, applies admin actions."""
+
+    def __init__(self, config: Config, listener, session_factory, recorder, metrics, vardiff: VardiffPolicy,
+                 resumption=None, clock=time.time) -> None:
         self.config = config
-        self.services = services
+        self.vardiff = vardiff
+        self.clock = clock
+        self.listener = listener
+        self.session_factory = session_factory      # (connection id, remote address) -> Session
         self.recorder = recorder
+        self.metrics = metrics
+        self.resumption = resumption                # gstratum.storage.resumption.Resumption, or None
         self.connections: set[Connection] = set()
         self.subscribed: set[Connection] = set()
         self.writers = gevent.pool.Group()  # outbox flushers of miners whose socket buffer was full
         self.handlers = LoggedPool(config.max_connections + 256)  # headroom so over-cap connections can be refused
         self._server: StreamServer | None = None
-        self.last_fanout: tuple[str, int, float] | None = None
         self.cost_policy = CostPolicy(soft=config.cost_soft, hard=config.cost_hard)
         self.per_ip: dict[str, int] = {}
-        self.drops: dict[str, int] = {}
-        self.by_session: dict[str, Connection] = {}
-        self.directory = None           # gstratum.storage.resumption.SessionDirectory, when resumption is on
-        self.publish_session = None     # tells other processes that a session moved here (cluster)
         self._sweeper = None
         self._broadcasting = gevent.lock.Semaphore()
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._server is not None
-        return self._server.address
+        return self.listener.getsockname()[:2]
 
     def start(self) -> None:
-        self.listener = make_listener(self.config.host, self.config.port)
         self._server = StreamServer(self.listener, self._handle, spawn=self.handlers)
         self._server.start()
         self._sweeper = spawn_logged(self._sweep_forever, name="sweeper")
-        log.info("stratum listening on %s:%d", *self._server.address[:2])
+        log.info("stratum listening on %s:%d", *self.address)
 
     def dropped(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-        self.services.metrics.drop(reason)
+        self.metrics.drop(reason)
 
     def _refuse(self, sock, reason: str) -> None:
         """Over a cap: close at once, before any state, row or greenlet beyond this one exists."""
         self.dropped(reason)
-        if self.drops[reason] in (1, 10, 100) or self.drops[reason] % 1000 == 0:
-            log.warning("refused connections (%s): %d so far", reason, self.drops[reason])
+        count = self.metrics.dropped[reason]
+        if count in (1, 10, 100) or count % 1000 == 0:
+            log.warning("refused connections (%s): %d so far", reason, count)
         try:
             sock.close()
         except OSError:
@@ -113,8 +126,9 @@ class StratumServer:
         self.per_ip[remote_addr] = self.per_ip.get(remote_addr, 0) + 1
         if self.config.socket_sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_sndbuf)
+        _keep_alive(sock, self.config.keepalive)
         connection_id = self.recorder.new_id()
-        session = Session(self.services, connection_id, remote_addr)
+        session = self.session_factory(connection_id, remote_addr)
         conn = Connection(self, sock, address, connection_id, session)
         self.connections.add(conn)
         self.recorder.connection_opened(connection_id, remote_addr, remote_port, self.address[1])
@@ -124,38 +138,14 @@ class StratumServer:
     def now_subscribed(self, conn: Connection) -> None:
         if conn in self.connections:
             self.subscribed.add(conn)
-            self.by_session[conn.session.session_id] = conn
-
-    def resume(self, requested: str, session: Session) -> tuple[str, str] | None:
-        """Session resumption: the previous (session id, extranonce1), closing the old connection if still open
-        here, so two live connections never share an extranonce1."""
-        if self.directory is None:
-            return None
-        found = self.directory.lookup(requested)
-        if found is None:
-            return None
-        self.session_taken(found[0], keep=session)
-        if self.publish_session is not None:
-            self.publish_session(found[0])
-        return found
-
-    def session_taken(self, session_id: str | None, keep: Session | None = None) -> None:
-        """A session resumed elsewhere (here, or in another process): close its old connection here, if any."""
-        old = self.by_session.get(session_id) if session_id else None
-        if old is not None and old.session is not keep:
-            self.dropped("resumed")
-            old.abort("session resumed by a new connection")
-            self.subscribed.discard(old)
-
-    def on_subscribed(self, session: Session, difficulty_sub_id: str) -> None:
-        if self.directory is not None:
-            self.directory.remember(session.session_id, difficulty_sub_id, session.extranonce1)
+            if self.resumption is not None:
+                self.resumption.register(conn.session.session_id, conn)
 
     def forget(self, conn: Connection) -> None:
         """Called once when a connection's serve loop ends."""
         self.connections.discard(conn)
-        if self.by_session.get(conn.session.session_id) is conn:
-            del self.by_session[conn.session.session_id]
+        if self.resumption is not None and conn.session.session_id is not None:
+            self.resumption.unregister(conn.session.session_id, conn)
         addr = conn.address[0]
         left = self.per_ip.get(addr, 1) - 1
         if left > 0:
@@ -168,26 +158,29 @@ class StratumServer:
         log.debug("disconnected %s: %s", conn.id, reason)
 
     def sweep(self) -> None:
-        """Close connections that never subscribed in time, and subscribed miners silent for too long."""
+        """Close connections that never subscribed in time, and subscribed ones that never authorized and fell
+        silent. An authorized miner is never idle for being quiet (a proxy in front of the pool may send nothing for
+        hours while it receives every job): dead peers are found by TCP keepalive and the send timeout instead."""
         cfg = self.config
-        now_mono = time.monotonic()
-        now = self.services.clock()
+        now_mono, now = time.monotonic(), self.clock()
         for conn in list(self.connections):
-            if not conn.session.subscribed:
+            session = conn.session
+            if not session.subscribed:
                 if now_mono - conn.connected_at > cfg.subscribe_timeout:
                     self.dropped("subscribe timeout")
                     conn.abort(f"not subscribed within {cfg.subscribe_timeout:.0f}s")
-            elif now - conn.session.last_activity > cfg.idle_timeout:
+            elif not session.workers and now - session.last_activity > cfg.idle_timeout:
                 self.dropped("idle")
-                conn.abort(f"idle for {cfg.idle_timeout:.0f}s")
+                conn.abort(f"idle for {cfg.idle_timeout:.0f}s without authorizing")
 
     def _sweep_forever(self, every: float = 1.0) -> None:
         while True:
             gevent.sleep(every)
             self.sweep()
 
-    def broadcast(self, job: Job) -> int:
-        """Send `job` to every subscribed miner; the line is encoded once and each send never blocks.
+    def broadcast(self, job: Job) -> tuple[int, float]:
+        """Send `job` to every subscribed miner; the line is encoded once and each send never blocks. Returns (miners
+        reached, seconds): the job stream keeps the one record of each fan-out.
 
         Every FANOUT_CHUNK sends the loop yields once, so a fan-out to 10,000 miners (mostly kernel time in `send`)
         does not hold back handshakes and share replies for its whole duration. Broadcasts are serialised, so a
@@ -196,7 +189,7 @@ class StratumServer:
             started = time.perf_counter()
             line = job.notify_line()
             targets = list(self.subscribed)
-            retarget_cutoff = self.services.vardiff.due_cutoff(self.services.clock())
+            retarget_cutoff = self.vardiff.due_cutoff(self.clock())
             cpu = 0.0
             for first in range(0, len(targets), FANOUT_CHUNK):
                 cpu_started = time.process_time()
@@ -208,16 +201,23 @@ class StratumServer:
                         conn.outbox.send(line)
                 cpu += time.process_time() - cpu_started
                 gevent.sleep(0)
-            reached = len(targets)
             elapsed = time.perf_counter() - started
-        self.last_fanout = (job.job_id, reached, elapsed)
-        self.services.metrics.jobs += 1
-        self.services.metrics.fanout.observe(elapsed)
-        log.info("notify job=%s clean=%s miners=%d fanout=%.1fms cpu=%.1fms", job.job_id, job.clean_jobs, reached,
-                 elapsed * 1000, cpu * 1000)
-        return reached
+        log.info("notify job=%s clean=%s miners=%d fanout=%.1fms cpu=%.1fms", job.job_id, job.clean_jobs,
+                 len(targets), elapsed * 1000, cpu * 1000)
+        return len(targets), elapsed
 
-    def drain(self, period: float, deadline: float, public_host: str | None = None) -> None:
+    def reconnect_params(self, host: str | None = None, port: int | None = None) -> list:
+        """client.reconnect's params. Never this socket's own address: behind a load balancer, NAT or port forward
+        that is a private backend address the miner may not reach (or, with the PROXY protocol, one that refuses it).
+        With an address (given, or --public-host/--public-port): [host, "port", 0], the port a string as cgminer
+        and ckpool expect. Without: [], which cgminer-style miners answer by reconnecting to their pool URL; a miner
+        that ignores it is closed shortly after and comes back to its configured URL."""
+        host = host or self.config.public_host
+        if not host:
+            return []
+        return [host, str(port or self.config.public_port or self.address[1]), 0]
+
+    def drain(self, period: float, deadline: float) -> None:
         """Hand miners over to a successor: stop accepting, send each `client.reconnect` (spread over `period`
         seconds so they do not all arrive at once), close those that do not leave by themselves, and return when
         all are gone or `deadline` seconds have passed."""
@@ -226,14 +226,11 @@ class StratumServer:
             self._server.close()
         conns = sorted(self.connections, key=lambda c: not c.session.subscribed)
         step = period / max(len(conns), 1)
+        line = rpc.encode_notification("client.reconnect", self.reconnect_params())
         log.info("draining %d miners over %.1fs", len(conns), period)
         for conn in conns:
             if conn.close_reason is None:
-                try:
-                    host, port = conn.sock.getsockname()[:2]
-                except OSError:
-                    continue
-                conn.outbox.send(rpc.encode_notification("client.reconnect", [public_host or host, port, 0]))
+                conn.outbox.send(line)
                 spawn_logged(_abort_later, conn, 2.0, name="drain-abort")
             if step:
                 gevent.sleep(step)
@@ -268,7 +265,7 @@ class StratumServer:
         elif action == "difficulty":
             difficulty = float(params["difficulty"])
             for conn in targets:
-                conn.outbox.send(b"".join(conn.session._retarget_lines(conn.session._bounded(difficulty))))
+                conn.outbox.send(b"".join(conn.session.retarget(difficulty)))
         elif action == "disconnect":
             for conn in targets:
                 self.dropped("operator")
@@ -283,13 +280,10 @@ class StratumServer:
     def _reconnect_spread(self, targets: list[Connection], params: dict) -> None:
         period = float(params.get("period", 0) or 0)
         step = period / max(len(targets), 1)
+        line = rpc.encode_notification("client.reconnect", self.reconnect_params(params.get("host"),
+                                                                                 params.get("port")))
         for conn in targets:
-            try:
-                host, port = conn.sock.getsockname()[:2]
-            except OSError:
-                continue
-            conn.outbox.send(rpc.encode_notification(
-                "client.reconnect", [params.get("host") or host, int(params.get("port") or port), 0]))
+            conn.outbox.send(line)
             if step:
                 gevent.sleep(step)
 

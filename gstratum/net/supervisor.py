@@ -8,6 +8,7 @@ one drain its miners with client.reconnect).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -109,11 +110,15 @@ def read_snapshots(directory: Path, max_age: float = 15.0) -> list[dict]:
 
 def serve_http(cfg, database_url: str):
     """One HTTP side port for all workers: their snapshots summed, admin actions published to all of them."""
+    from gstratum.cluster.bus import Bus
+    from gstratum.net.takeover import open_listener
     from gstratum.ops import http
-    from gstratum.cluster.bus import ADMIN_CHANNEL, Cluster
+    from gstratum.ops.admin import ADMIN_CHANNEL
     from gstratum.storage.db import Database
+    from gstratum.storage.records import make_server_id
 
     db = Database(database_url, size=2)
+    bus = Bus(cfg.listen_database_url or database_url, db, cfg.cluster, make_server_id())   # publish only
     directory = cfg.runtime_dir / str(cfg.port)
 
     def admin(action, worker, params, source):
@@ -121,11 +126,10 @@ def serve_http(cfg, database_url: str):
             cur.execute("INSERT INTO admin_actions (id, action, target, params, source, acted_at) "
                         "VALUES (gen_random_uuid(), %s, %s, %s::jsonb, %s, now())",
                         (action, worker, ujson.dumps(params), source))
-        return {"published": Cluster.publish(db, ADMIN_CHANNEL, {"action": action, "worker": worker,
-                                                                  "params": params})}
+        return {"published": bus.publish(ADMIN_CHANNEL, {"action": action, "worker": worker, "params": params})}
 
-    api = http.StatsApi(db, lambda: read_snapshots(directory), admin=admin, admin_token=cfg.admin_token)
-    return http.serve(api, cfg.http_host, cfg.http_port)
+    api = http.StatsApi(db, functools.partial(read_snapshots, directory), admin=admin, admin_token=cfg.admin_token)
+    return http.serve(api, open_listener(cfg.http_host, cfg.http_port, share=False))
 
 
 def supervise(count: int, database_url: str, argv: list[str], cfg=None) -> int:

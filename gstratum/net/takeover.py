@@ -10,6 +10,7 @@ Either way the successor signals its predecessor with SIGUSR1 once it is listeni
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -26,26 +27,65 @@ LISTEN_FD_ENV = "GSTRATUM_LISTEN_FD"
 PREDECESSOR_ENV = "GSTRATUM_TAKEOVER_PID"
 
 
-def make_listener(host: str, port: int, backlog: int = 2048):
-    """The Stratum listening socket: inherited from a predecessor if one handed it over, else bound here with
-    SO_REUSEPORT so a successor can bind the same port."""
+class PortInUse(RuntimeError):
+    """The port is held by another process and sharing it was not asked for."""
+
+
+def open_listener(host: str, port: int, share: bool, backlog: int = 2048):
+    """A listening socket: inherited from a predecessor that handed it over (SIGHUP), else bound here.
+
+    One server per port unless sharing was asked for (`--workers`, `--takeover`, a successor): without `share` the
+    bind is tried without SO_REUSEPORT, so a port another server holds is refused at once (PortInUse, naming the
+    holder) instead of silently splitting its miners with it. SO_REUSEPORT is then set before listen(), so that a
+    later `--takeover` or successor may still bind beside this socket."""
     inherited = os.environ.pop(LISTEN_FD_ENV, None)
     if inherited is not None:
         sock = gevent.socket.socket(fileno=int(inherited))
         log.info("listening socket inherited from the previous process (fd %s)", inherited)
         return sock
-    return reuse_port_listener(host, port, backlog)
-
-
-def reuse_port_listener(host: str, port: int, backlog: int = 128):
-    """A listening socket a successor can bind beside us during a takeover (the HTTP side port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = gevent.socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    if share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            holders = ", ".join(f"pid {pid} ({command})" for pid, command in port_holders(port)) or "another process"
+            raise PortInUse(f"port {port} is in use by {holders}; to replace a running gstratum use SIGHUP or "
+                            f"--takeover") from None
+        raise
+    if not share:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.listen(backlog)
     return sock
+
+
+def port_holders(port: int) -> list[tuple[int, str]]:
+    """The processes holding a listening TCP socket on `port` (Linux /proc; empty where it cannot be read)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                holders.append((int(proc.name), command[:120]))
+        except OSError:
+            continue
+    return holders
 
 
 def spawn_successor(listener) -> subprocess.Popen:

@@ -18,12 +18,13 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gstratum.ops.admin import ACTIONS as ADMIN_ACTION_NAMES
 from gstratum.ops.metrics import PoolCollector
+from gstratum.errors import first_line
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-ADMIN_ACTIONS = ("reconnect", "message", "difficulty", "disconnect")
 WINDOWS = {"10m": 600, "1h": 3600, "24h": 86400}
 MAX_BODY = 64 * 1024
 
@@ -55,7 +56,7 @@ class StatsApi:
         except HttpError as err:
             status, content_type, body = err.status, "application/json", _json({"error": err.message})
         except psycopg2.Error as exc:
-            log.warning("stats API: database error: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            log.warning("stats API: database error: %s", first_line(exc))
             status, content_type, body = "503 Service Unavailable", "application/json", _json(
                 {"error": "database unavailable"})
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
@@ -156,8 +157,8 @@ class StatsApi:
         if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
             log.warning("admin %s refused: bad token from %s", action[:32], environ.get("REMOTE_ADDR"))
             raise HttpError("401 Unauthorized", "bad or missing admin token")
-        if action not in ADMIN_ACTIONS:
-            raise HttpError("404 Not Found", f"unknown admin action; use one of {', '.join(ADMIN_ACTIONS)}")
+        if action not in ADMIN_ACTION_NAMES:
+            raise HttpError("404 Not Found", f"unknown admin action; use one of {', '.join(ADMIN_ACTION_NAMES)}")
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if length > MAX_BODY:
             raise HttpError("413 Payload Too Large", "body too large")
@@ -202,10 +203,9 @@ def _json(obj) -> bytes:
     return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False).encode()
 
 
-def serve(app, host: str, port: int) -> WSGIServer:
-    from gstratum.net.takeover import reuse_port_listener
-
-    server = WSGIServer(reuse_port_listener(host, port), app, log=None, error_log=log)
+def serve(app, listener) -> WSGIServer:
+    """Serve `app` on an already bound listener (gstratum.net.takeover.open_listener)."""
+    server = WSGIServer(listener, app, log=None, error_log=log)
     server.start()
-    log.info("http listening on %s:%d (/metrics, /api/pool, /api/workers, /)", host, port)
+    log.info("http listening on %s:%d (/metrics, /api/pool, /api/workers, /)", *listener.getsockname()[:2])
     return server

@@ -41,6 +41,7 @@ class Metrics:
     shares: dict = field(default_factory=dict)         # result name -> count
     blocks: int = 0
     jobs: int = 0
+    job_publish_failures: int = 0                     # jobs the cluster bus could not share
     dropped: dict = field(default_factory=dict)        # reason -> count
     fanout: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
     db_write: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
@@ -56,7 +57,8 @@ class Metrics:
 
     def counters(self) -> dict:
         return {"subscribes": self.subscribes, "authorizes": self.authorizes, "shares": dict(self.shares),
-                "blocks": self.blocks, "jobs": self.jobs, "dropped": dict(self.dropped),
+                "blocks": self.blocks, "jobs": self.jobs,
+                "job_publish_failures": self.job_publish_failures, "dropped": dict(self.dropped),
                 "fanout": self.fanout.as_dict(), "db_write": self.db_write.as_dict(),
                 "gc_pause": self.gc_pause.as_dict()}
 
@@ -98,9 +100,11 @@ class PoolCollector:
         for key, name, doc in (("subscribes", "gstratum_subscribes_total", "mining.subscribe answered."),
                                ("authorizes", "gstratum_authorizes_total", "mining.authorize answered."),
                                ("blocks", "gstratum_blocks_found_total", "Shares that met the network target."),
-                               ("jobs", "gstratum_jobs_broadcast_total", "Jobs broadcast to miners.")):
+                               ("jobs", "gstratum_jobs_broadcast_total", "Jobs broadcast to miners."),
+                               ("job_publish_failures", "gstratum_job_publish_failures_total",
+                                "Jobs this pool's leader could not publish to the other processes.")):
             counter = CounterMetricFamily(name[:-6], doc)
-            counter.add_metric([], sum(s["counters"][key] for s in snaps))
+            counter.add_metric([], sum(s["counters"].get(key, 0) for s in snaps))
             yield counter
         shares = CounterMetricFamily("gstratum_shares", "mining.submit by result.", labels=["result"])
         for result in SHARE_RESULTS.values():

@@ -22,7 +22,6 @@ class WorkerTotals:
 @dataclass
 class PoolStats:
     workers: dict[str, WorkerTotals] = field(default_factory=dict)
-    blocks: int = 0
 
     def share(self, worker: str, accepted: bool, difficulty: float, now: float) -> None:
         totals = self.workers.get(worker)
@@ -39,4 +38,4 @@ class PoolStats:
         now = time.time() if now is None else now
         ranked = sorted(self.workers.items(), key=lambda item: item[1].difficulty_sum, reverse=True)[:top]
         parts = [f"{name} acc={t.accepted} rej={t.rejected} {t.hashrate(now) / 1e6:.2f}MH/s" for name, t in ranked]
-        return f"workers={len(self.workers)} blocks={self.blocks} " + "; ".join(parts)
+        return f"workers={len(self.workers)} " + "; ".join(parts)

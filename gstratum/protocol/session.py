@@ -19,8 +19,6 @@ from gstratum.protocol import rpc
 from gstratum.mining.jobs import Job, JobBook
 from gstratum.protocol.rpc import (DUPLICATE_SHARE, JOB_NOT_FOUND, LOW_DIFFICULTY, NOT_SUBSCRIBED, OTHER, UNAUTHORIZED, Request,
                   Response, StratumError)
-from gstratum.ops.metrics import Metrics
-from gstratum.ops.stats import PoolStats
 from gstratum.protocol.vardiff import Vardiff, VardiffPolicy
 
 log = logging.getLogger(__name__)
@@ -35,21 +33,21 @@ _HEX = re.compile(r"[0-9a-fA-F]*\Z")
 
 @dataclass
 class Services:
-    """What a session needs from the rest of the pool."""
+    """What a session needs from the rest of the pool, passed in so the protocol runs without sockets or a database.
+    `metrics` and `stats` are plain counters (gstratum.ops.metrics.Metrics, gstratum.ops.stats.PoolStats or fakes)."""
 
     allocator: Any                      # .allocate() -> int
     jobs: JobBook
     recorder: Any                       # gstratum.storage.records.Recorder (or a fake)
-    stats: PoolStats = field(default_factory=PoolStats)
+    metrics: Any
+    stats: Any
     difficulty: float = 1.0
     extranonce2_size: int = 4
     vardiff: VardiffPolicy = field(default_factory=lambda: VardiffPolicy(enabled=False))
     clock: Callable[[], float] = time.time
     network_target: Callable[[Job], int] | None = None
     on_block: Callable[[dict], None] | None = None
-    metrics: Metrics = field(default_factory=Metrics)
-    resume: Callable[[str, "Session"], tuple[str, str] | None] | None = None  # -> (session id, extranonce1)
-    on_subscribed: Callable[["Session", str], None] | None = None             # (session, difficulty sub id)
+    resumption: Any = None              # gstratum.storage.resumption.Resumption: resume() and remember()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -171,6 +169,10 @@ class Session:
             lines.append(rpc.encode_notification("mining.notify", params))
         return lines
 
+    def retarget(self, difficulty: float) -> list[bytes]:
+        """An operator's difficulty for this miner (within its bounds): set_difficulty and the job re-sent."""
+        return self._retarget_lines(self._bounded(difficulty))
+
     def _bounded(self, difficulty: float) -> float:
         policy = self.services.vardiff
         return clamp(difficulty, max(policy.min_difficulty, self.minimum_difficulty), policy.max_difficulty)
@@ -182,7 +184,8 @@ class Session:
         params = req.params
         user_agent = _optional_str(params, 0, "user agent", req.id)
         requested = _optional_str(params, 1, "session id", req.id)
-        found = self.services.resume(requested, self) if requested and self.services.resume else None
+        resumption = self.services.resumption
+        found = resumption.resume(requested, self) if requested and resumption is not None else None
         resumed = found is not None
         if found is not None:
             session, extranonce1 = found
@@ -198,8 +201,8 @@ class Session:
         self.services.metrics.subscribes += 1
         self.services.recorder.subscribed(self.connection_id, session, difficulty_sub_id, extranonce1,
                                           self.services.extranonce2_size, user_agent, requested, resumed)
-        if self.services.on_subscribed is not None:
-            self.services.on_subscribed(self, difficulty_sub_id)
+        if resumption is not None:
+            resumption.remember(session, difficulty_sub_id, extranonce1)
         result = [[["mining.set_difficulty", difficulty_sub_id], ["mining.notify", session]], extranonce1,
                   self.services.extranonce2_size]
         current = self.services.jobs.current
@@ -385,7 +388,6 @@ class Session:
         block_hash = hash_int.to_bytes(32, "little")[::-1].hex()
         log.warning("BLOCK CANDIDATE job=%s height=%d worker=%r hash=%s header=%s", job.job_id, job.height,
                     worker, block_hash, header.hex())
-        self.services.stats.blocks += 1
         self.services.metrics.blocks += 1
         if self.services.on_block is not None:
             self.services.on_block({"job_id": job.job_id, "height": job.height, "worker": worker,

@@ -19,7 +19,8 @@ import psycopg2
 
 from gstratum.storage.db import Database
 from gstratum.protocol.rpc import OTHER, StratumError
-from gstratum.greenlets import stop_greenlet
+from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class SequenceAllocator:
         """Reserve one block synchronously (start-up)."""
         self._reserve.extend(self._fetch_block())
 
-    def start(self, spawn=gevent.spawn) -> gevent.Greenlet:
-        self._greenlet = spawn(self._refill_loop)
+    def start(self) -> gevent.Greenlet:
+        self._greenlet = spawn_logged(self._refill_loop, name="extranonce-refill")
         return self._greenlet
 
     def stop(self) -> None:
@@ -82,7 +83,7 @@ class SequenceAllocator:
                     backoff = 0.1
                 except psycopg2.Error as exc:
                     log.warning("extranonce1 refill failed (%s); %d left in reserve, retrying in %.1fs",
-                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                                first_line(exc),
                                 len(self._reserve), backoff)
                     gevent.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)

@@ -21,6 +21,9 @@ SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting toge
 
 SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizations", "jobs", "shares", "blocks",
                   "worker_minutes", "admin_actions", "extranonce1_seq")
+# Columns added to existing tables since the first schema (each by an idempotent ALTER ... IF NOT EXISTS in
+# etc/postgres): a database that lacks one gets the schema applied again.
+SCHEMA_COLUMNS = ("jobs.cluster",)
 
 # Errors after which a connection may be broken: drop it rather than return it to the pool.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -75,7 +78,11 @@ class Database:
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT bool_and(to_regclass(name) IS NOT NULL) FROM unnest(%s::text[]) AS name",
                         (list(SCHEMA_OBJECTS),))
-            return bool(cur.fetchone()[0])
+            if not cur.fetchone()[0]:
+                return False
+            cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND table_name || '.' || column_name = ANY(%s)", (list(SCHEMA_COLUMNS),))
+            return cur.fetchone()[0] == len(SCHEMA_COLUMNS)
 
     def apply_schema(self, schema_dir: Path = SCHEMA_DIR) -> None:
         """Run every etc/postgres/*.sql in name order; they are idempotent (IF NOT EXISTS). Skipped when the

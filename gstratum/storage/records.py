@@ -86,9 +86,9 @@ TABLES: dict[str, Table] = {
               ("uuid", "uuid", "text", "text", "text", "int2", "text", "text", "bool", "epoch")),
         Table("authorizations", ("id", "connection_id", "worker", "remote_addr", "authorized", "requested_at"),
               "(%s, %s, %s, %s, %s, to_timestamp(%s))", ("uuid", "uuid", "text", "inet", "bool", "epoch")),
-        Table("jobs", ("job_id", "server_id", "height", "prevhash", "coinb1", "coinb2", "merkle_branch", "version",
-                       "nbits", "ntime", "clean_jobs", "created_at"),
-              "(%s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("jobs", ("job_id", "server_id", "cluster", "height", "prevhash", "coinb1", "coinb2", "merkle_branch",
+                       "version", "nbits", "ntime", "clean_jobs", "created_at"),
+              "(%s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, to_timestamp(%s))"),
         Table("shares", ("id", "connection_id", "worker", "job_id", "extranonce2", "ntime", "nonce", "version_bits",
                          "difficulty", "achieved", "accepted", "error_code", "submitted_at"),
               "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))",
@@ -131,9 +131,11 @@ def make_server_id() -> str:
 class Recorder:
     """Turns pool events into rows for the writer."""
 
-    def __init__(self, sink: Sink, server_id: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, sink: Sink, server_id: str, cluster: str = "gstratum",
+                 clock: Callable[[], float] = time.time) -> None:
         self._sink = sink
         self.server_id = server_id
+        self.cluster = cluster
         self.clock = clock
         self.new_id = RowIds()
 
@@ -155,10 +157,19 @@ class Recorder:
         self._sink("authorizations", (self.new_id(), connection_id, text(worker), remote_addr, authorized,
                                       self.clock()))
 
+    def _job_row(self, job) -> tuple:
+        return (job.job_id, self.server_id, self.cluster, job.height, job.prevhash, job.coinb1, job.coinb2,
+                list(job.merkle_branch), job.version, job.nbits, job.ntime, job.clean_jobs, job.created_at)
+
     def job(self, job) -> None:
-        self._sink("jobs", (job.job_id, self.server_id, job.height, job.prevhash, job.coinb1, job.coinb2,
-                            list(job.merkle_branch), job.version, job.nbits, job.ntime, job.clean_jobs,
-                            job.created_at))
+        self._sink("jobs", self._job_row(job))
+
+    def job_statement(self, job) -> tuple[str, tuple]:
+        """The job's row as one INSERT statement, for a caller that must commit it in its own transaction (the job
+        stream publishes a job's id with NOTIFY in the transaction that inserts its row)."""
+        spec = TABLES["jobs"]
+        return (f"INSERT INTO jobs ({', '.join(spec.columns)}) VALUES {spec.template} ON CONFLICT DO NOTHING",
+                self._job_row(job))
 
     def share(self, connection_id: str, worker: str, job_id: str, extranonce2: str | None, ntime: str | None,
               nonce: str | None, version_bits: str | None, difficulty: float, achieved: float | None,

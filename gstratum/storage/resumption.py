@@ -3,6 +3,10 @@
 Looked up first among this process's own recent sessions (fast, and covers rows still in the writer queue), then in
 PostgreSQL, so it works across processes and restarts. Only sessions subscribed within `window` seconds resume.
 A session id is a random 128-bit value handed only to that miner, so it cannot be guessed to steal an extranonce1.
+
+Two live connections must never share an extranonce1: when a session resumes, its old connection is closed, here
+(the registry of live sessions) or in another process of the pool (a notice on the cluster bus, sent from its own
+greenlet so the miner's reply never waits for the database).
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import time
 from collections import OrderedDict
 
 import psycopg2
+
+from gstratum.greenlets import spawn_logged
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +61,48 @@ class SessionDirectory:
             log.warning("session lookup failed (%s); the miner gets a fresh extranonce1", exc)
             return None
         return (row[0], row[1]) if row else None
+
+
+SESSIONS_CHANNEL = "sessions"
+
+
+class Resumption:
+    """Resumable sessions (the directory) and the live ones (session id -> connection, to close when resumed)."""
+
+    def __init__(self, directory: SessionDirectory, metrics, bus=None) -> None:
+        self.directory = directory
+        self.metrics = metrics
+        self.bus = bus
+        self._live: dict[str, object] = {}
+        if bus is not None:
+            bus.subscribe(SESSIONS_CHANNEL, self._taken_elsewhere)
+
+    def resume(self, requested: str, session) -> tuple[str, str] | None:
+        """(session id, extranonce1) of the session `requested` names, closing its old connection wherever it is."""
+        found = self.directory.lookup(requested)
+        if found is None:
+            return None
+        self._close(found[0], keep=session)
+        if self.bus is not None:
+            spawn_logged(self.bus.publish, SESSIONS_CHANNEL, {"session": found[0]}, name="session-notice")
+        return found
+
+    def remember(self, session_id: str, difficulty_sub_id: str, extranonce1: str) -> None:
+        self.directory.remember(session_id, difficulty_sub_id, extranonce1)
+
+    def register(self, session_id: str, connection) -> None:
+        self._live[session_id] = connection
+
+    def unregister(self, session_id: str, connection) -> None:
+        if self._live.get(session_id) is connection:
+            del self._live[session_id]
+
+    def _close(self, session_id: str | None, keep=None) -> None:
+        old = self._live.get(session_id) if session_id else None
+        if old is not None and old.session is not keep:
+            self.metrics.drop("resumed")
+            old.abort("session resumed by a new connection")
+
+    def _taken_elsewhere(self, message: dict) -> None:
+        if message.get("from") != self.bus.server_id and isinstance(message.get("session"), str):
+            self._close(message["session"])

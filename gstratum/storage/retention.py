@@ -12,7 +12,8 @@ import re
 
 import gevent
 import psycopg2
-from gstratum.greenlets import stop_greenlet
+from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,10 @@ def plan(existing: list[str], today: dt.date, days: int) -> tuple[list[dt.date],
 
 
 class Retention:
-    def __init__(self, db, days: int, is_leader=lambda: True, every: float = 3600.0) -> None:
+    def __init__(self, db, days: int, leadership=None, every: float = 3600.0) -> None:
         self.db = db
         self.days = days
-        self.is_leader = is_leader
+        self.leadership = leadership    # anything with .is_leader (the cluster bus); None: always act
         self.every = every
         self._greenlet = None
         self._warned = False
@@ -98,11 +99,11 @@ class Retention:
         except psycopg2.errors.InsufficientPrivilege:
             log.info("no privilege to manage share partitions here (fine for the least-privilege role)")
         except psycopg2.Error as exc:
-            log.warning("could not prepare share partitions: %s", str(exc).strip().splitlines()[0])
+            log.warning("could not prepare share partitions: %s", first_line(exc))
 
     def _run(self) -> None:
         while True:
-            if self.is_leader():
+            if self.leadership is None or self.leadership.is_leader:
                 try:
                     self.run_once()
                 except psycopg2.errors.InsufficientPrivilege:
@@ -110,11 +111,11 @@ class Retention:
                         log.warning("retention needs the table owner; run `python -m gstratum maintain` as the owner")
                         self._warned = True
                 except psycopg2.Error as exc:
-                    log.warning("retention failed: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                    log.warning("retention failed: %s", first_line(exc))
             gevent.sleep(self.every)
 
-    def start(self, spawn) -> None:
-        self._greenlet = spawn(self._run)
+    def start(self) -> None:
+        self._greenlet = spawn_logged(self._run, name="retention")
 
     def stop(self) -> None:
         stop_greenlet(self._greenlet)

@@ -19,9 +19,10 @@ import gevent.event
 import psycopg2
 
 from gstratum.storage.db import Database
-from gstratum.greenlets import stop_greenlet
+from gstratum.greenlets import spawn_logged, stop_greenlet
 from gstratum.storage.journal import Journal, read_batches
 from gstratum.storage.records import TABLES, Table
+from gstratum.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ SHARES_WITH_ROLLUP = (
 
 class Writer:
     def __init__(self, db: Database, batch: int = 5000, interval: float = 0.05, max_queue: int = 200_000,
-                 journal: Journal | None = None, tables: dict[str, Table] = TABLES) -> None:
+                 journal: Journal | None = None, tables: dict[str, Table] = TABLES, on_write=None) -> None:
         self.db = db
         self.batch = batch
         self.interval = interval
@@ -68,7 +69,7 @@ class Writer:
         self.last_error: str | None = None
         self.last_write_seconds = 0.0
         self.healthy = True
-        self.on_write = None   # callback(seconds) per successful batch, for metrics
+        self.on_write = on_write   # callback(seconds) per successful batch, for metrics
         self._replayed_once = False
         self._spilled_at_replay = 0
 
@@ -88,8 +89,8 @@ class Writer:
         if len(self._queue) >= self.batch:
             self._wake.set()
 
-    def start(self, spawn=gevent.spawn) -> gevent.Greenlet:
-        self._greenlet = spawn(self._run)
+    def start(self) -> gevent.Greenlet:
+        self._greenlet = spawn_logged(self._run, name="writer")
         return self._greenlet
 
     def _run(self) -> None:
@@ -109,8 +110,7 @@ class Writer:
 
     def _failed(self, exc: psycopg2.Error, rows: int) -> None:
         self.failures += 1
-        text = str(exc).strip()
-        self.last_error = text.splitlines()[0] if text else type(exc).__name__
+        self.last_error = first_line(exc)
         self._backoff = min(max(self._backoff * 2, 0.1), MAX_BACKOFF)
         self._next_attempt = time.monotonic() + self._backoff
         if self.healthy or self.failures % 20 == 0:
@@ -194,7 +194,7 @@ class Writer:
 
     def _set_aside(self, item: tuple[str, tuple], exc: Exception) -> None:
         self.rows_rejected += 1
-        log.error("database refused a %s row (%s); kept in %s", item[0], str(exc).strip().splitlines()[0][:200],
+        log.error("database refused a %s row (%s); kept in %s", item[0], first_line(exc)[:200],
                   self.journal.rejected_path if self.journal is not None else "the log only")
         if self.journal is not None:
             self.journal.set_aside(*item)
