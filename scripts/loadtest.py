@@ -316,7 +316,8 @@ def report(finals: list[dict], args: argparse.Namespace, timeline: list[dict], e
     # the first job each miner sees is the one sent with its subscribe: only broadcasts measure fan-out
     broadcasts = sorted(jobs.items(), key=lambda item: item[1][1])[1:]
     fanout = [{"job_id": j, "reached": c, "fraction": round(c / subscribed, 4) if subscribed else 0.0,
-               "spread_ms": round((last - first) * 1000, 2)} for j, (c, first, last) in broadcasts]
+               "spread_ms": round((last - first) * 1000, 2), "first_at": first, "last_at": last}
+              for j, (c, first, last) in broadcasts]
     full = [f for f in fanout if f["fraction"] >= 0.999]
     spreads = [f["spread_ms"] for f in full]
     result = {

@@ -20,6 +20,16 @@ settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Tests using any of these need a PostgreSQL or real server processes: they are `integration` tests, so the pure
+# suite runs alone in seconds with `scripts/test -m "not integration"` (no database at all).
+INTEGRATION_FIXTURES = {"database_url", "embedded_pg", "schema", "db", "start_server", "server", "fresh_db"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def database_url():
@@ -81,6 +91,17 @@ def wait_rows(conn, sql: str, *params, expect, timeout: float = 10.0):
         if rows == expect or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
+
+
+def wait_until(probe, until=bool, timeout: float = 10.0, every: float = 0.05):
+    """Call `probe` until `until(value)` holds or `timeout` passes; return the last value (the caller asserts on it,
+    so a failure shows what was seen). The condition, not a sleep, decides how long a test waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
 
 
 def new_cluster_name() -> str:

@@ -6,6 +6,10 @@ import sys
 
 from .conftest import ROOT
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 
 def test_live_fuzz_smoke(server):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuzz_live.py"), "--port", str(server.port),

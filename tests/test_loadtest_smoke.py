@@ -5,6 +5,10 @@ import sys
 
 from .conftest import ROOT
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 TOOL = str(ROOT / "scripts" / "loadtest.py")
 
 

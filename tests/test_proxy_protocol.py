@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gstratum.client import StratumClient
 from gstratum.protocol.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse
 
-from .conftest import free_port, new_cluster_name, query
+from .conftest import free_port, new_cluster_name, query, wait_until
 
 
 def v2(source: str, port: int, command: int = 1, tlv: bytes = b"") -> bytes:
@@ -123,3 +123,71 @@ def test_without_header_the_connection_is_closed(start_server):
         s.settimeout(5)
         assert s.recv(100) == b""
     assert "PROXY protocol header" in server.log()
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None,
+                    reason="Debian's haproxy is not installed (.ci/run installs it with apt-get when it can)")
+def test_sighup_behind_haproxy_brings_every_miner_back_through_the_front_end(start_server, tmp_path, db):
+    """client.reconnect must not name the backend's own socket: behind the balancer with the PROXY protocol, a miner
+    sent straight to the backend is refused (no header). Every miner comes back through the front end instead,
+    resumes its session on the successor, and the successor records the address the PROXY header carries."""
+    import os
+    import re
+    import signal
+
+    from .test_takeover import ReconnectingMiner
+
+    server = start_server("--proxy-protocol", "--drain-period", "1", "--notify-interval", "30")
+    front = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend stratum
+    bind 127.0.0.1:{front}
+    default_backend pool
+backend pool
+    server a 127.0.0.1:{server.port} send-proxy-v2
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    successor = None
+    deadline = time.monotonic() + 30
+    miners = [ReconnectingMiner("127.0.0.1", front, deadline) for _ in range(10)]
+    try:
+        wait_until(lambda: _accepting(front), timeout=10)
+        for m in miners:
+            m.start()
+        assert wait_until(lambda: sum(len(m.extranonces) for m in miners), lambda n: n >= 10, timeout=15) >= 10
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.proc.wait(30) == 0, server.log()
+        successor = int(re.search(r"takeover: started successor pid (\d+)", server.log()).group(1))
+        back = wait_until(lambda: [len(m.extranonces) for m in miners], lambda c: min(c) >= 2, timeout=20)
+        assert min(back) >= 2, back
+        for m in miners:
+            assert m.error is None and len(set(m.extranonces)) == 1, (m.error, m.extranonces)   # resumed
+        # the successor's connections came through HAProxy: a PROXY header was read, so no refusal was logged
+        rows = query(db, "SELECT count(*) FROM connections WHERE server_id NOT LIKE %s AND local_port = %s "
+                         "AND opened_at > now() - interval '1 minute'", f"%:{server.proc.pid}:%", server.port)
+        assert rows[0][0] >= 10
+        assert "PROXY protocol header" not in server.log()
+    finally:
+        for m in miners:
+            m.deadline = time.monotonic()
+        for m in miners:
+            m.join(5)
+        haproxy.terminate()
+        haproxy.wait(10)
+        if successor:
+            os.kill(successor, signal.SIGTERM)
+
+
+def _accepting(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

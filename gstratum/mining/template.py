@@ -7,7 +7,6 @@ this module keeps as bytes is in INTERNAL order (as in headers and merkle trees)
 """
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -17,7 +16,6 @@ from gstratum.mining import bitcoin, block
 COINBASE_SCRIPT_MIN = 2      # consensus bounds on the coinbase scriptSig (CheckTransaction)
 COINBASE_SCRIPT_MAX = 100
 MAX_MONEY = 21_000_000 * 100_000_000
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
 
 class TemplateError(ValueError):
@@ -42,9 +40,12 @@ def _int_field(value, name: str, minimum: int | None = None, maximum: int | None
 
 def _hex_field(value, name: str, length: int | None = None) -> bytes:
     """Decode a hex string field; `length` in bytes when fixed."""
-    if not isinstance(value, str) or not _HEX.fullmatch(value):
+    try:
+        raw = bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or not isinstance(value, str) or 2 * len(raw) != len(value):  # fromhex skips whitespace
         raise TemplateError(f"{name} must be a hex string, got {value!r:.80}")
-    raw = bytes.fromhex(value)
     if length is not None and len(raw) != length:
         raise TemplateError(f"{name} must be {length} bytes ({2 * length} hex digits), got {len(raw)}")
     return raw

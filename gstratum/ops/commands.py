@@ -7,7 +7,10 @@ import json
 import os
 import sys
 import urllib.error
+import time
 import urllib.request
+
+from gstratum.storage import rollup
 
 
 def add_stats_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,28 +34,22 @@ def run_stats(args: argparse.Namespace) -> int:
         print("stats: give --database-url or DATABASE_URL", file=sys.stderr)
         return 2
     with psycopg2.connect(args.database_url) as conn, conn.cursor() as cur:
-        print("pool hashrate:", end="")
-        for label, seconds in (("10m", 600), ("1h", 3600), ("24h", 86400)):
-            cur.execute("SELECT coalesce(sum(difficulty_sum), 0) FROM worker_minutes "
-                        "WHERE minute >= now() - make_interval(secs => %s)", (seconds,))
-            print(f"  {label} {_human(float(cur.fetchone()[0]) * 2**32 / seconds)}", end="")
-        print()
+        rates = rollup.pool_hashrates(cur)
+        print("pool hashrate:" + "".join(f"  {label} {_human(rate)}" for label, rate in rates.items()))
         cur.execute("SELECT count(*) FROM connections c WHERE opened_at > now() - interval '1 day' AND NOT EXISTS "
                     "(SELECT 1 FROM disconnections d WHERE d.connection_id = c.id)")
         print(f"connections open (opened in the last day, not closed): {cur.fetchone()[0]}")
         cur.execute("SELECT count(*), max(height) FROM blocks")
         blocks, height = cur.fetchone()
         print(f"blocks found: {blocks}" + (f" (last at height {height})" if blocks else ""))
-        cur.execute("SELECT worker, sum(accepted), sum(rejected), "
-                    "coalesce(sum(difficulty_sum) FILTER (WHERE minute >= now() - interval '10 minutes'), 0), "
-                    "max(last_share) FROM worker_minutes WHERE minute >= now() - interval '24 hours' "
-                    "GROUP BY worker ORDER BY 4 DESC, 2 DESC LIMIT %s", (args.top,))
+        cur.execute(f"SELECT * FROM ({rollup.WORKER_TOTALS}) AS w ORDER BY 4 DESC, 2 DESC LIMIT %s",
+                    (None, None, args.top))
         rows = cur.fetchall()
     print(f"\n{'worker':<32} {'accepted':>10} {'rejected':>9} {'hashrate (10m)':>16}  last share")
     for worker, accepted, rejected, recent, last in rows:
         printable = worker.encode("unicode_escape").decode()[:32]
-        print(f"{printable:<32} {accepted:>10} {rejected:>9} {_human(float(recent) * 2**32 / 600):>16}  "
-              f"{last:%Y-%m-%d %H:%M:%S}")
+        print(f"{printable:<32} {accepted:>10} {rejected:>9} {_human(rollup.hashrate(recent, rollup.RECENT_SECONDS)):>16}  "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(float(last)))}")
     return 0
 
 

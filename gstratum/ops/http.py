@@ -18,6 +18,7 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gstratum.storage import rollup
 from gstratum.ops.admin import ACTIONS as ADMIN_ACTION_NAMES
 from gstratum.ops.metrics import PoolCollector
 from gstratum.errors import first_line
@@ -25,7 +26,6 @@ from gstratum.errors import first_line
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-WINDOWS = {"10m": 600, "1h": 3600, "24h": 86400}
 MAX_BODY = 64 * 1024
 
 
@@ -99,11 +99,8 @@ class StatsApi:
 
     def pool(self) -> dict:
         snaps = self.snapshots()
-        hashrate = {}
-        for label, seconds in WINDOWS.items():
-            (total,), = self._query("SELECT coalesce(sum(difficulty_sum), 0) FROM worker_minutes "
-                                    "WHERE minute >= now() - make_interval(secs => %s)", (seconds,))
-            hashrate[label] = float(total) * 2**32 / seconds
+        with self.db.connection() as conn, conn.cursor() as cur:
+            hashrate = rollup.pool_hashrates(cur)
         (shares,), = self._query("SELECT coalesce(sum(accepted + rejected), 0) FROM worker_minutes "
                                  "WHERE minute >= date_trunc('minute', now()) - interval '5 minutes'")
         jobs = _merge_jobs(snaps)
@@ -117,7 +114,7 @@ class StatsApi:
         rows = self._query("SELECT extract(epoch FROM minute), sum(difficulty_sum) FROM worker_minutes "
                            "WHERE minute >= now() - interval '60 minutes' AND (%s::text IS NULL OR worker = %s) "
                            "GROUP BY minute ORDER BY minute", (worker, worker))
-        return [{"t": float(t), "hashrate": float(d) * 2**32 / 60} for t, d in rows]
+        return [{"t": float(t), "hashrate": rollup.hashrate(d, 60)} for t, d in rows]
 
     def workers(self, name: str | None = None) -> list[dict]:
         live: dict[str, dict] = {}
@@ -126,18 +123,13 @@ class StatsApi:
                 entry = live.setdefault(worker, {"connections": 0, "difficulty": None})
                 entry["connections"] += info["connections"]
                 entry["difficulty"] = info["difficulty"]
-        rows = self._query(
-            "SELECT worker, sum(accepted), sum(rejected), "
-            "coalesce(sum(difficulty_sum) FILTER (WHERE minute >= now() - interval '10 minutes'), 0), "
-            "extract(epoch FROM max(last_share)) FROM worker_minutes "
-            "WHERE minute >= now() - interval '24 hours' AND (%s::text IS NULL OR worker = %s) GROUP BY worker",
-            (name, name))
+        rows = self._query(rollup.WORKER_TOTALS, (name, name))
         out = {}
         for worker, accepted, rejected, recent, last in rows:
             info = live.get(worker, {"connections": 0, "difficulty": None})
             out[worker] = {"name": worker, "connections": info["connections"], "accepted": int(accepted),
                            "rejected": int(rejected), "difficulty": info["difficulty"],
-                           "hashrate": float(recent) * 2**32 / 600, "last_share": float(last) if last else None}
+                           "hashrate": rollup.hashrate(recent, rollup.RECENT_SECONDS), "last_share": float(last) if last else None}
         for worker, info in live.items():
             if worker not in out and (name is None or worker == name):
                 out[worker] = {"name": worker, "connections": info["connections"], "accepted": 0, "rejected": 0,

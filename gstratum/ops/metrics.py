@@ -9,10 +9,12 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from gstratum.protocol.rpc import StratumCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-SHARE_RESULTS = {None: "accepted", 20: "invalid", 21: "stale", 22: "duplicate", 23: "low_difficulty",
-                 24: "unauthorized", 25: "not_subscribed"}
+SHARE_RESULTS = {None: "accepted", StratumCode.OTHER: "invalid", StratumCode.JOB_NOT_FOUND: "stale",
+                 StratumCode.DUPLICATE_SHARE: "duplicate", StratumCode.LOW_DIFFICULTY: "low_difficulty",
+                 StratumCode.UNAUTHORIZED: "unauthorized", StratumCode.NOT_SUBSCRIBED: "not_subscribed"}
 FANOUT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

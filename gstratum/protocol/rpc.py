@@ -5,19 +5,26 @@ Decoding never raises anything but `StratumError`, so the one caller that turns 
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import ujson
 
-# Stratum V1 error codes (slush's table, used by cgminer/bfgminer/ckpool).
-OTHER = 20
-JOB_NOT_FOUND = 21
-DUPLICATE_SHARE = 22
-LOW_DIFFICULTY = 23
-UNAUTHORIZED = 24
-NOT_SUBSCRIBED = 25
+class StratumCode(enum.IntEnum):
+    """Stratum V1 error codes (slush's table, used by cgminer/bfgminer/ckpool): the one list the session, the
+    metrics and the writer's SQL use."""
+
+    OTHER = 20
+    JOB_NOT_FOUND = 21
+    DUPLICATE_SHARE = 22
+    LOW_DIFFICULTY = 23
+    UNAUTHORIZED = 24
+    NOT_SUBSCRIBED = 25
+
+
+OTHER, JOB_NOT_FOUND, DUPLICATE_SHARE, LOW_DIFFICULTY, UNAUTHORIZED, NOT_SUBSCRIBED = StratumCode
 
 
 class StratumError(Exception):
@@ -25,7 +32,7 @@ class StratumError(Exception):
 
     def __init__(self, code: int, message: str, request_id: Any = None) -> None:
         super().__init__(code, message)
-        self.code = code
+        self.code = int(code)
         self.message = message
         self.request_id = request_id
 

@@ -6,7 +6,6 @@ so the whole protocol is tested without sockets or a database.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import time
@@ -19,12 +18,13 @@ from gstratum.protocol import rpc
 from gstratum.mining.jobs import Job, JobBook
 from gstratum.protocol.rpc import (DUPLICATE_SHARE, JOB_NOT_FOUND, LOW_DIFFICULTY, NOT_SUBSCRIBED, OTHER, UNAUTHORIZED, Request,
                   Response, StratumError)
+from gstratum.mining.shares import judge
+from gstratum.protocol.difficulty import DifficultySchedule, DuplicateFilter
 from gstratum.protocol.vardiff import Vardiff, VardiffPolicy
 
 log = logging.getLogger(__name__)
 
 POOL_VERSION_MASK = 0x1FFFE000
-MAX_NTIME_AHEAD = 7200
 MAX_WORKER_NAME = 256
 SERVER_VERSION = "gstratum/0.1"
 _HEX8 = re.compile(r"[0-9a-fA-F]{8}\Z")
@@ -50,12 +50,6 @@ class Services:
     resumption: Any = None              # gstratum.storage.resumption.Resumption: resume() and remember()
 
 
-@functools.lru_cache(maxsize=4096)
-def share_target(difficulty: float) -> int:
-    """Difficulty -> target, exact and computed once per distinct difficulty (Fraction arithmetic is slow)."""
-    return bitcoin.target_from_difficulty(difficulty)
-
-
 def clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
@@ -65,9 +59,8 @@ class Session:
 
     # slots and a class-level dispatch table: 10,000 sessions without a per-instance dict or a dict of bound methods
     __slots__ = ("services", "connection_id", "remote_addr", "subscribed", "session_id", "extranonce1",
-                 "_extranonce1_bytes", "workers", "difficulty", "_changes", "_first_seq", "_seen", "_aliases",
-                 "_retargets", "version_mask", "suggested", "minimum_difficulty", "requests", "errors", "vardiff",
-                 "last_activity")
+                 "_extranonce1_bytes", "workers", "schedule", "duplicates", "version_mask", "suggested",
+                 "minimum_difficulty", "requests", "errors", "vardiff", "last_activity")
 
     def __init__(self, services: Services, connection_id: str, remote_addr: str = "0.0.0.0") -> None:
         self.services = services
@@ -78,12 +71,8 @@ class Session:
         self.extranonce1: str | None = None
         self._extranonce1_bytes = b""
         self.workers: set[str] = set()
-        self.difficulty = services.difficulty
-        self._changes: list[tuple[int, float]] = [(0, self.difficulty)]   # (first job seq, difficulty)
-        self._first_seq = 1 << 62                                          # no job sent yet
-        self._seen: dict[str, set] = {}
-        self._aliases: dict[str, tuple[str, float]] = {}   # re-sent job's per-miner id -> (job id, difficulty)
-        self._retargets = 0
+        self.schedule = DifficultySchedule(services.difficulty)
+        self.duplicates = DuplicateFilter()
         self.version_mask = 0
         self.suggested: float | None = None
         self.minimum_difficulty = services.vardiff.min_difficulty
@@ -115,11 +104,14 @@ class Session:
             log.exception("internal error handling a request from %s", self.connection_id)
             return [rpc.encode_error(request_id, StratumError(OTHER, "Internal error"))]
 
+    @property
+    def difficulty(self) -> float:
+        """The difficulty the next job is sent at."""
+        return self.schedule.current
+
     # -- jobs going out -----------------------------------------------------------------------------------------
-    # Each share is judged at the difficulty in force when its job was sent to this miner. Rather than writing
-    # an entry per miner per broadcast, the session keeps the few moments its difficulty changed, as positions in
-    # the job sequence: a broadcast then costs one shared line and one send per miner, nothing else. (The
-    # broadcast asks for `broadcast_lines` only when `vardiff.since` says a retarget may be due.)
+    # (the broadcast asks for `broadcast_lines` only when `vardiff.since` says a retarget may be due; see
+    # gstratum.protocol.difficulty for how each job's difficulty is remembered)
     def broadcast_lines(self, job: Job) -> list[bytes]:
         """What a new job costs this miner when a retarget is due: set_difficulty first, then the job."""
         lines = []
@@ -131,41 +123,18 @@ class Session:
 
     def _set_difficulty(self, difficulty: float, applies_from: int | None = None) -> bytes:
         """Change the difficulty for jobs from sequence `applies_from` on (default: jobs not yet sent)."""
-        self.difficulty = difficulty
         start = self.services.jobs.latest_seq + 1 if applies_from is None else applies_from
-        self._changes.append((start, difficulty))
-        if len(self._changes) > 32:
-            del self._changes[:-32]
+        self.schedule.change(difficulty, start)
         return rpc.encode_notification("mining.set_difficulty", [difficulty])
-
-    def job_and_difficulty(self, job_id: str) -> tuple[Job | None, float]:
-        """The live job a submitted id names and the difficulty it was sent at; (None, current) if stale or never
-        sent to this miner."""
-        alias = self._aliases.get(job_id)
-        if alias is not None:
-            return self.services.jobs.get(alias[0]), alias[1]
-        job = self.services.jobs.get(job_id)
-        if job is None or job.seq < self._first_seq:
-            return None, self.difficulty
-        for start, difficulty in reversed(self._changes):
-            if job.seq >= start:
-                return job, difficulty
-        return job, self._changes[0][1]
 
     def _retarget_lines(self, difficulty: float) -> list[bytes]:
         """set_difficulty, then the current job again under a new id (clean_jobs false) so the new difficulty
-        takes effect. The new id matters: shares the miner still finds on the job as first sent are judged at
-        the old difficulty, shares on the re-sent one at the new difficulty."""
+        takes effect at once (DifficultySchedule.resend)."""
         lines = [self._set_difficulty(difficulty)]
         current = self.services.jobs.current
         if current is not None and self.subscribed:
-            self._retargets += 1
-            alias = f"{current.job_id}r{self._retargets}"
-            self._aliases[alias] = (current.job_id, difficulty)
-            if len(self._aliases) > 64:
-                self._aliases = {k: v for k, v in self._aliases.items() if v[0] in self.services.jobs}
             params = current.notify_params(False)
-            params[0] = alias
+            params[0] = self.schedule.resend(current, difficulty, self.services.jobs)
             lines.append(rpc.encode_notification("mining.notify", params))
         return lines
 
@@ -196,8 +165,7 @@ class Session:
         self.session_id = session
         self.extranonce1 = extranonce1
         self._extranonce1_bytes = bytes.fromhex(extranonce1)
-        if self.suggested is not None:
-            self.difficulty = self._bounded(self.suggested)
+        difficulty = self._bounded(self.suggested) if self.suggested is not None else self.difficulty
         self.services.metrics.subscribes += 1
         self.services.recorder.subscribed(self.connection_id, session, difficulty_sub_id, extranonce1,
                                           self.services.extranonce2_size, user_agent, requested, resumed)
@@ -206,8 +174,7 @@ class Session:
         result = [[["mining.set_difficulty", difficulty_sub_id], ["mining.notify", session]], extranonce1,
                   self.services.extranonce2_size]
         current = self.services.jobs.current
-        self._first_seq = current.seq if current is not None else self.services.jobs.latest_seq + 1
-        self._changes = [(0, self.difficulty)]
+        self.schedule.start(current.seq if current is not None else self.services.jobs.latest_seq + 1, difficulty)
         lines = [rpc.encode_result(req.id, result),
                  rpc.encode_notification("mining.set_difficulty", [self.difficulty])]
         if current is not None:
@@ -250,7 +217,7 @@ class Session:
                     if self.difficulty < self.minimum_difficulty:
                         lines = self._retarget_lines(self.minimum_difficulty) if self.subscribed else []
                         if not self.subscribed:
-                            self.difficulty = self.minimum_difficulty
+                            self.schedule.current = self.minimum_difficulty
                 else:
                     result["minimum-difficulty"] = False
             elif ext == "subscribe-extranonce":
@@ -304,7 +271,7 @@ class Session:
         params = req.params
         worker = params[0][:MAX_WORKER_NAME] if params and type(params[0]) is str else ""
         job_id = params[1] if len(params) > 1 and type(params[1]) is str else ""
-        job, difficulty = self.job_and_difficulty(job_id) if self.subscribed else (None, self.difficulty)
+        job, difficulty = self.schedule.lookup(job_id, services.jobs) if self.subscribed else (None, self.difficulty)
         extranonce2 = ntime = nonce = version_bits = achieved = None
         try:
             if not self.subscribed:
@@ -314,32 +281,14 @@ class Session:
             extranonce2, ntime, nonce, version_bits = self._parse_submit(params, req.id)
             if job is None:
                 raise StratumError(JOB_NOT_FOUND, "Job not found (stale)", req.id)
-            ntime_int = int(ntime, 16)
-            if ntime_int < job.ntime_int or ntime_int > now + MAX_NTIME_AHEAD:
-                raise StratumError(OTHER, "ntime out of range", req.id)
-            version = job.version_int
-            if version_bits is not None:
-                bits = int(version_bits, 16)
-                if bits & ~self.version_mask:
-                    raise StratumError(OTHER, "Version bits outside the negotiated mask", req.id)
-                version = (version & ~self.version_mask) | (bits & self.version_mask)
-            key = (extranonce2, ntime, nonce, version)
-            seen = self._seen.get(job.job_id)
-            if seen is None:
-                if len(self._seen) >= services.jobs.keep:
-                    self._seen = {k: v for k, v in self._seen.items() if k in services.jobs}
-                seen = self._seen[job.job_id] = set()
-            if key in seen:
-                raise StratumError(DUPLICATE_SHARE, "Duplicate share", req.id)
-            template = job.template
-            header = template.header(self._extranonce1_bytes, bytes.fromhex(extranonce2), ntime, nonce, version)
-            hash_int = template.hash_int(header)
-            achieved = bitcoin.difficulty_from_hash(hash_int)
-            if hash_int > share_target(difficulty):
-                raise StratumError(LOW_DIFFICULTY, "Low difficulty share", req.id)
-            seen.add(key)
-            if services.network_target is not None and hash_int <= services.network_target(job):
-                self._found_block(job, worker, header, hash_int)
+            verdict = judge(job, difficulty, self._extranonce1_bytes, extranonce2, ntime, nonce, version_bits,
+                            self.version_mask, now, self.duplicates.shares_of(job.job_id, services.jobs),
+                            services.network_target)
+            achieved = verdict.achieved
+            if verdict.code is not None:
+                raise StratumError(verdict.code, verdict.message, req.id)
+            if verdict.block:
+                self._found_block(job, worker, verdict.header, verdict.hash_int)
         except StratumError as err:
             services.recorder.share(self.connection_id, worker, job_id[:64], extranonce2, ntime, nonce, version_bits,
                                     difficulty, achieved, err.code, now)

@@ -21,6 +21,7 @@ import psycopg2
 from gstratum.storage.db import Database
 from gstratum.greenlets import spawn_logged, stop_greenlet
 from gstratum.storage.journal import Journal, read_batches
+from gstratum.protocol.rpc import StratumCode
 from gstratum.storage.records import TABLES, Table
 from gstratum.errors import first_line
 
@@ -39,7 +40,8 @@ SHARES_WITH_ROLLUP = (
     "INSERT INTO worker_minutes (worker, minute, accepted, rejected, difficulty_sum, last_share) "
     "SELECT worker, date_trunc('minute', submitted_at), count(*) FILTER (WHERE accepted), "
     "count(*) FILTER (WHERE NOT accepted), coalesce(sum(difficulty) FILTER (WHERE accepted), 0), max(submitted_at) "
-    "FROM inserted WHERE error_code IS NULL OR error_code NOT IN (24, 25) GROUP BY 1, 2 "
+    f"FROM inserted WHERE error_code IS NULL OR error_code NOT IN ({StratumCode.UNAUTHORIZED:d}, "
+    f"{StratumCode.NOT_SUBSCRIBED:d}) GROUP BY 1, 2 "
     "ON CONFLICT (worker, minute) DO UPDATE SET accepted = worker_minutes.accepted + EXCLUDED.accepted, "
     "rejected = worker_minutes.rejected + EXCLUDED.rejected, "
     "difficulty_sum = worker_minutes.difficulty_sum + EXCLUDED.difficulty_sum, "
