@@ -16,6 +16,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 
@@ -76,6 +77,7 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
     import gc
 
     from gstratum.app import Pool, SchemaMismatch
+    from gstratum.node.work import PayoutAddressInvalid
     from gstratum.net import takeover
     from gstratum.ops.tuning import watch_gc
 
@@ -106,7 +108,7 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
     pidfile = cfg.pidfile or takeover.pidfile_for(cfg.port, suffix=f"-worker{worker}" if worker else "")
     try:
         pool.start()
-    except SchemaMismatch as exc:
+    except (SchemaMismatch, PayoutAddressInvalid) as exc:
         log.error("start-up failed: %s", exc)
         pool.stop()
         return 1
@@ -153,6 +155,33 @@ def _run_workers(cfg) -> int:
             embedded.release()
 
 
+def cmd_blocknotify(args: argparse.Namespace) -> int:
+    """One NOTIFY on the pool's blocknotify channel: every process fetches a template at once. Not a signal:
+    SIGUSR1 already means drain, and the pool may run on several machines."""
+    import psycopg2
+    import ujson
+
+    from gstratum.cluster.bus import Bus
+    from gstratum.node.work import BLOCKNOTIFY_CHANNEL
+    from gstratum.storage.embedded_pg import DB_NAME, DB_USER, _running_port
+
+    url = args.database_url
+    if not url:
+        port = _running_port(args.pgdata.resolve())
+        if port is None:
+            print("blocknotify: give --database-url (no embedded PostgreSQL runs in --pgdata)", file=sys.stderr)
+            return 2
+        url = f"postgresql://{DB_USER}@127.0.0.1:{port}/{DB_NAME}"
+    try:
+        with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_notify(%s, %s)", (Bus.channel_of(args.cluster, BLOCKNOTIFY_CHANNEL),
+                                                     ujson.dumps({"block": (args.blockhash or "")[:64]})))
+    except psycopg2.Error as exc:
+        print(f"blocknotify: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from gstratum.client.cli import run
 
@@ -180,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     admin = sub.add_parser("admin", help="operator actions through the HTTP API (needs GSTRATUM_ADMIN_TOKEN)")
     ops_cli.add_admin_flags(admin)
     admin.set_defaults(func=ops_cli.run_admin)
+    blocknotify = sub.add_parser("blocknotify", help="tell every process of the pool that the node has a new block "
+                                                     "(for bitcoind -blocknotify, when it has no ZMQ)")
+    blocknotify.add_argument("blockhash", nargs="?", help="the %%s bitcoind passes (informational)")
+    blocknotify.add_argument("--database-url", dest="database_url", default=os.environ.get("DATABASE_URL"),
+                             help="the pool's database (default DATABASE_URL, else the embedded one in --pgdata)")
+    blocknotify.add_argument("--pgdata", type=Path, default=Path(".gstratum/pgdata"))
+    blocknotify.add_argument("--cluster", default=os.environ.get("GSTRATUM_CLUSTER", "gstratum"))
+    blocknotify.set_defaults(func=cmd_blocknotify)
     maintain = sub.add_parser("maintain", help="create and drop daily share partitions (run as the table owner)")
     ops_cli.add_maintain_flags(maintain)
     maintain.set_defaults(func=ops_cli.run_maintain)

@@ -24,6 +24,8 @@ from gstratum.errors import first_line
 from gstratum.greenlets import spawn_logged
 from gstratum.mining import bitcoin
 from gstratum.mining.jobs import JobBook, RandomJobSource
+from gstratum.node.rpc import NodeClient, Nodes
+from gstratum.node.work import BlockKeeper, BlockSubmitter, NodeWork
 from gstratum.net.server import StratumServer
 from gstratum.ops import http
 from gstratum.ops.admin import AdminActions
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 
 class SchemaMismatch(RuntimeError):
     """The database is reachable but holds tables this release cannot use."""
+
+
+def network_target(job) -> int:
+    return bitcoin.target_from_nbits(int(job.nbits, 16))
 
 
 class Pool:
@@ -69,21 +75,32 @@ class Pool:
         self.retention = Retention(self.db, cfg.retention_days, leadership=self.bus)
         self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.bus)
         self.book = JobBook()
+        self.nodes = self.node_work = self.submitter = self.keeper = None
+        if cfg.bitcoind:    # Bitcoin Core: every process asks the node itself, nothing is shared over the bus
+            self.nodes = Nodes([NodeClient(url, cfg.bitcoind_cookie) for url in cfg.bitcoind], self.metrics)
+            self.keeper = BlockKeeper(self.db, self.nodes, leadership=self.bus)
         vardiff = VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
                                 retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
                                 max_difficulty=cfg.max_difficulty)
         services = Services(
             allocator=self.allocator, jobs=self.book, recorder=self.recorder, metrics=self.metrics, stats=self.stats,
             difficulty=cfg.difficulty, extranonce2_size=cfg.extranonce2_size, vardiff=vardiff,
-            network_target=lambda job: bitcoin.target_from_nbits(int(job.nbits, 16)), on_block=self.recorder.block,
-            resumption=self.resumption)
+            network_target=network_target, on_block=self._on_block, resumption=self.resumption,
+            payout_for=self._solo_payout if cfg.solo else None)
         self.server = StratumServer(cfg, listener, functools.partial(Session, services), self.recorder, self.metrics,
                                     vardiff, self.resumption)
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
                                  witness_commitment=bool(cfg.witness_commitment))
         self.job_stream = JobStream(source, self.book, self.server.broadcast, self.recorder, self.metrics,
-                                    cfg.notify_interval, cfg.clean_every, db=self.db, bus=self.bus)
+                                    cfg.notify_interval, cfg.clean_every, db=self.db,
+                                    bus=None if self.nodes is not None else self.bus)
+        if self.nodes is not None:
+            self.node_work = NodeWork(self.nodes, self.job_stream, self.metrics, cfg.payout_address,
+                                      cfg.coinbase_tag.encode(), 8 + cfg.extranonce2_size, cfg.template_refresh,
+                                      cfg.block_poll, cfg.zmq_hashblock, bus=self.bus, solo=bool(cfg.solo),
+                                      solo_fee=cfg.solo_fee, max_template_age=cfg.max_template_age)
+            self.submitter = BlockSubmitter(self.nodes, self.node_work, self.recorder, self.metrics)
         self.admin = AdminActions(self.server, self.bus, self.recorder)
         self.http_listener = http_listener
         self.http = None
@@ -118,14 +135,19 @@ class Pool:
         self._running.append(self.db.close)
         self._wait_for_database()
         self.retention.ensure_partitions()   # before the first share, so none lands in shares_default
-        for part in (self.writer, self.allocator, self.bus, self.job_stream, self.server):
+        work = self.node_work if self.node_work is not None else self.job_stream
+        for part in (self.writer, self.allocator, self.bus, work, self.server):
             part.start()
             self._running.append(part.stop)
+        if self.keeper is not None:
+            self.keeper.start()
+            self._running.append(self.keeper.stop)
         self._running.append(spawn_logged(self._log_stats, name="stats-log").kill)
         if self.snapshot_dir is not None:
             self._running.append(spawn_logged(self._write_snapshots, name="snapshots").kill)
         elif self.http_listener is not None:
-            api = http.StatsApi(self.db, self.snapshots, admin=self.admin.request, admin_token=self.config.admin_token)
+            api = http.StatsApi(self.db, self.snapshots, admin=self.admin.request,
+                                admin_token=self.config.admin_token)
             self.http = http.serve(api, self.http_listener)
             self._running.append(functools.partial(self.http.stop, timeout=1))
         self.retention.start()
@@ -138,7 +160,40 @@ class Pool:
                 "connections": len(server.connections), "subscribed": len(server.subscribed),
                 "writer_queue": writer.pending, "journal_bytes": self.journal.bytes_on_disk,
                 "extranonce_reserve": self.allocator.reserve, "counters": self.metrics.counters(),
-                "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent)}
+                "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent),
+                "template_age": self.template_age(), "nodes": self.node_status(), **self.readiness()}
+
+    def _on_block(self, found: dict) -> None:
+        """A share met the network target: with a node, assembled and submitted; otherwise a recorded candidate."""
+        if self.submitter is not None and found["job"].block is not None:
+            self.submitter.found(found)
+        else:
+            self.recorder.block(found)
+
+    def _solo_payout(self, address: str) -> bytes:
+        return self.node_work.solo_script(address)
+
+    def template_age(self) -> float:
+        if self.node_work is not None:
+            return self.node_work.template_age
+        current = self.book.current
+        return time.time() - current.created_at if current is not None else float("inf")
+
+    def node_status(self) -> dict[str, int]:
+        return {c.name: int(c.up) for c in self.nodes.clients} if self.nodes is not None else {}
+
+    def readiness(self) -> dict:
+        """Ready for miners: fresh work (a node's template within --max-template-age, or a current random job)
+        and a healthy database writer. One definition for /readyz, the supervisor and the logs."""
+        reasons = []
+        if self.node_work is not None:
+            if not self.node_work.fresh:
+                reasons.append(f"no fresh template from bitcoind ({self.node_work.last_error or 'none yet'})")
+        elif self.book.current is None:
+            reasons.append("no job yet")
+        if not self.writer.healthy:
+            reasons.append(f"database writes failing ({self.writer.last_error})")
+        return {"ready": not reasons, "not_ready": reasons}
 
     def snapshots(self) -> list[dict]:
         return [self.snapshot()]

@@ -72,6 +72,16 @@ class Config:
     public_host: str | None = None    # what client.reconnect names on a restart (default: nothing, see README)
     public_port: int = 0
     keepalive: float = 60.0           # TCP keepalive idle seconds for miner sockets (0: off)
+    bitcoind: tuple[str, ...] = ()    # Bitcoin Core RPC URLs, most preferred first; empty: the random job source
+    bitcoind_cookie: Path | None = None
+    zmq_hashblock: tuple[str, ...] = ()
+    payout_address: str | None = None
+    solo: int = 0
+    solo_fee: float = 0.0             # percent of the reward to --payout-address in solo mode
+    coinbase_tag: str = "/gstratum/"
+    template_refresh: float = 30.0    # seconds between fresh templates (new fees) on the same block
+    max_template_age: float = 120.0   # older than this, the node's work is not fresh: not ready
+    block_poll: float = 1.0           # getbestblockhash every this many seconds, beside ZMQ
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -98,6 +108,20 @@ class Config:
                "must be 1-40 lowercase letters, digits or _, starting with a letter")
         _check(0 <= self.public_port <= 65535, "public_port", "must be 0..65535")
         _check(self.keepalive >= 0, "keepalive", "must be >= 0")
+        for url in self.bitcoind:
+            _check(url.startswith("http://"), "bitcoind", f"{url!r} must be http://[USER:PASS@]HOST:PORT")
+        for endpoint in self.zmq_hashblock:
+            _check(endpoint.startswith(("tcp://", "ipc://")), "zmq_hashblock", f"{endpoint!r} must be tcp:// or ipc://")
+        _check(not self.solo or bool(self.bitcoind), "solo", "needs --bitcoind (solo miners are paid by real blocks)")
+        _check(0 <= self.solo_fee < 100, "solo_fee", "must be a percentage in [0, 100)")
+        _check(not (self.solo and self.solo_fee) or bool(self.payout_address), "solo_fee",
+               "needs --payout-address to receive the fee")
+        _check(not self.bitcoind or self.solo or bool(self.payout_address), "payout_address",
+               "is needed with --bitcoind in pool mode (the coinbase must pay someone)")
+        _check(len(self.coinbase_tag.encode()) <= 60, "coinbase_tag", "must be at most 60 bytes")
+        _check(self.template_refresh > 0 and self.max_template_age > self.template_refresh, "template_refresh",
+               "must be > 0 and below max_template_age")
+        _check(self.block_poll > 0, "block_poll", "must be > 0")
         for name in ("database_url", "listen_database_url"):
             url = getattr(self, name)
             _check(url is None or url.startswith(("postgres://", "postgresql://")), name, "must be a postgresql:// URL")
@@ -121,6 +145,8 @@ def _check(ok: bool, name: str, why: str) -> None:
 
 
 def _convert(name: str, kind, raw):
+    if str(kind) == "tuple[str, ...]":   # repeated flags arrive as a list, the environment as a comma list
+        return tuple(raw) if isinstance(raw, (list, tuple)) else tuple(v.strip() for v in str(raw).split(",") if v.strip())
     converter = {"int": int, "float": float, "str": str, "Path": Path, "str | None": str,
                  "Path | None": Path}.get(str(kind), str)
     try:
@@ -202,6 +228,23 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
              "restart; without it the reconnect names no address and miners come back to the URL they use")
     add("--public-port", dest="public_port", type=int, help="the port that goes with --public-host")
     add("--keepalive", type=float, help="TCP keepalive idle seconds on miner sockets, to find dead peers (60)")
+    add("--bitcoind", action="append", help="Bitcoin Core RPC URL http://[USER:PASS@]HOST:PORT; repeat for standby "
+                                            "nodes, most preferred first (without it: randomized practice jobs)")
+    add("--bitcoind-cookie", dest="bitcoind_cookie", type=Path,
+        help="the node's .cookie file, for URLs without credentials (re-read when the node restarts)")
+    add("--zmq-hashblock", dest="zmq_hashblock", action="append",
+        help="the node's -zmqpubhashblock endpoint (repeatable); new blocks arrive at once, a poll stays as backup")
+    add("--payout-address", dest="payout_address", help="pool mode: the address the coinbase pays (checked with "
+                                                        "the node's validateaddress at start)")
+    add("--solo", type=int, choices=[0, 1], nargs="?", const=1,
+        help="solo mining: usernames are ADDRESS[.WORKER], each miner's coinbase pays its own address")
+    add("--solo-fee", dest="solo_fee", type=float, help="solo mode: percent of each reward to --payout-address")
+    add("--coinbase-tag", dest="coinbase_tag", help="text in every coinbase scriptSig (default /gstratum/)")
+    add("--template-refresh", dest="template_refresh", type=float,
+        help="seconds between fresh templates on the same block, for new fees (default 30)")
+    add("--max-template-age", dest="max_template_age", type=float,
+        help="seconds after which the node's work counts as stale: readiness turns false (default 120)")
+    add("--block-poll", dest="block_poll", type=float, help="getbestblockhash poll interval in seconds (default 1)")
 
 
 def worker_count(cfg: Config) -> int:

@@ -141,3 +141,15 @@ CREATE TABLE IF NOT EXISTS blocks (
     header        text        NOT NULL,
     found_at      timestamptz NOT NULL
 );
+-- Blocks submitted to bitcoind (issue 13): who found it, what it paid, each node's answer, and a status the leader
+-- keeps current: candidate (random jobs, nothing to submit), submitted, rejected, confirmed (100 deep), orphaned.
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS prevhash text;
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS username text;
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS reward bigint;
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS results jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'candidate';
+CREATE INDEX IF NOT EXISTS blocks_status_idx ON blocks (status);
+CREATE INDEX IF NOT EXISTS blocks_found_at_idx ON blocks (found_at);
+
+-- The best share (highest achieved difficulty among accepted shares) per worker and minute.
+ALTER TABLE worker_minutes ADD COLUMN IF NOT EXISTS best_achieved double precision NOT NULL DEFAULT 0;

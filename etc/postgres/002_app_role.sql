@@ -14,3 +14,4 @@ GRANT SELECT, INSERT ON connections, disconnections, subscriptions, authorizatio
     admin_actions TO gstratum_app;
 GRANT SELECT, INSERT, UPDATE ON worker_minutes TO gstratum_app;   -- rollups are upserted
 GRANT USAGE ON SEQUENCE extranonce1_seq TO gstratum_app;
+GRANT UPDATE (status) ON blocks TO gstratum_app;   -- the block keeper: submitted -> confirmed / orphaned

@@ -64,8 +64,12 @@ class Bus:
         self._conn = None
         self._greenlet = None
 
+    @staticmethod
+    def channel_of(cluster: str, name: str) -> str:
+        return f"{cluster}_{name}"
+
     def channel(self, name: str) -> str:
-        return f"{self.cluster}_{name}"
+        return self.channel_of(self.cluster, name)
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Register the handler of one channel (before start). Messages from this very process are delivered too;

@@ -74,6 +74,11 @@ class JobStream:
                             "fanout_ms": round(seconds * 1000, 3), "miners_reached": reached})
         self._wake.set()
 
+    def push(self, job: Job) -> None:
+        """A job made outside the schedule (a node's template): recorded and sent to this process's miners."""
+        self.recorder.job(job)
+        self.accept(job)
+
     def _heard(self, message: dict) -> None:
         job_id = message.get("job_id")
         if not isinstance(job_id, str) or job_id in self._seen:

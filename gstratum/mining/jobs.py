@@ -4,12 +4,13 @@ A Job's mining.notify line is encoded once, when first needed, and shared by eve
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from gstratum.mining import bitcoin
 from gstratum.protocol import rpc
@@ -35,8 +36,24 @@ class Job:
     height: int
     created_at: float = field(default_factory=time.time)
     seq: int = 0            # order in which this process's job book took the job (set by JobBook.add)
+    block: object = field(default=None, repr=False)        # gstratum.mining.template.BlockTemplate of a node's job
+    coinbase_for: Callable[[bytes], tuple[bytes, bytes]] | None = field(default=None, repr=False)   # solo
     _lines: dict = field(default_factory=dict, repr=False)
     _template: object = field(default=None, repr=False)
+    _variants: dict = field(default_factory=dict, repr=False)
+
+    def for_payout(self, script: bytes | None) -> "Job":
+        """The job as a miner paid by `script` gets it (solo: its own coinbase, same id and everything else). Built
+        and encoded once per (job, script), shared by every miner of that script; the job itself without one."""
+        if script is None or self.coinbase_for is None:
+            return self
+        variant = self._variants.get(script)
+        if variant is None:
+            coinb1, coinb2 = self.coinbase_for(script)
+            variant = self._variants[script] = dataclasses.replace(
+                self, coinb1=coinb1.hex(), coinb2=coinb2.hex(), coinbase_for=None, _lines={}, _template=None,
+                _variants={})
+        return variant
 
     def notify_params(self, clean_jobs: bool | None = None) -> list:
         clean = self.clean_jobs if clean_jobs is None else clean_jobs

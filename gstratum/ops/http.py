@@ -73,6 +73,19 @@ class StatsApi:
             if not page.exists():
                 raise HttpError("404 Not Found", "dashboard not installed")
             return "200 OK", "text/html; charset=utf-8", page.read_bytes()
+        if path == "/healthz":      # the process is alive and its event loop turns
+            return "200 OK", "application/json", _json({"alive": True})
+        if path == "/readyz":       # fresh work for miners and a healthy writer (every process, with --workers)
+            snaps = self.snapshots()
+            reasons = [r for snap in snaps for r in snap.get("not_ready", [])] or ([] if snaps else ["no process"])
+            body = _json({"ready": not reasons, "not_ready": reasons})
+            return ("200 OK" if not reasons else "503 Service Unavailable"), "application/json", body
+        if path.startswith("/api/users/"):
+            name = unquote(path[len("/api/users/"):])
+            found = self.user(name)
+            if found is None:
+                raise HttpError("404 Not Found", "no such user")
+            return "200 OK", "application/json", _json(found)
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/api/pool":
@@ -134,12 +147,32 @@ class StatsApi:
             if worker not in out and (name is None or worker == name):
                 out[worker] = {"name": worker, "connections": info["connections"], "accepted": 0, "rejected": 0,
                                "difficulty": info["difficulty"], "hashrate": 0.0, "last_share": None}
+        best = self.best_shares(list(out))
+        for worker, entry in out.items():
+            entry["best_share"], entry["best_share_since_block"] = best.get(worker, (0.0, 0.0))
         return sorted(out.values(), key=lambda w: w["hashrate"], reverse=True)
 
     def blocks(self, limit: int) -> list[dict]:
-        rows = self._query("SELECT height, block_hash, worker, extract(epoch FROM found_at) FROM blocks "
-                           "ORDER BY found_at DESC LIMIT %s", (limit,))
-        return [{"height": h, "block_hash": b, "worker": w, "found_at": float(t)} for h, b, w, t in rows]
+        rows = self._query("SELECT height, block_hash, worker, username, reward, status, results, "
+                           "extract(epoch FROM found_at) FROM blocks ORDER BY found_at DESC LIMIT %s", (limit,))
+        return [{"height": h, "block_hash": b, "worker": w, "user": u, "reward": r, "status": st, "results": res,
+                 "found_at": float(t)} for h, b, w, u, r, st, res, t in rows]
+
+    def best_shares(self, workers: list[str]) -> dict[str, tuple[float, float]]:
+        """worker -> (best share ever, best share since the pool's last block found)."""
+        rows = self._query(rollup.BEST_SHARES, (workers,))
+        return {w: (float(best), float(since)) for w, best, since in rows}
+
+    def user(self, name: str) -> dict | None:
+        """A user (the part of a login before the first dot): its workers and totals, hashrate, best shares."""
+        workers = [w for w in self.workers() if w["name"] == name or w["name"].startswith(name + ".")]
+        if not workers:
+            return None
+        return {"user": name, "workers": workers, "connections": sum(w["connections"] for w in workers),
+                "accepted": sum(w["accepted"] for w in workers), "rejected": sum(w["rejected"] for w in workers),
+                "hashrate": sum(w["hashrate"] for w in workers),
+                "best_share": max(w["best_share"] for w in workers),
+                "best_share_since_block": max(w["best_share_since_block"] for w in workers)}
 
     # -- admin ----------------------------------------------------------------------------------------------------
     def _admin(self, action: str, environ) -> tuple[str, str, bytes]:

@@ -43,12 +43,20 @@ class Metrics:
     shares: dict = field(default_factory=dict)         # result name -> count
     blocks: int = 0
     jobs: int = 0
+    accepted_difficulty: float = 0.0                  # sum over accepted shares: rate() of it is hashrate / 2**32
     job_publish_failures: int = 0                     # jobs the cluster bus could not share
     dropped: dict = field(default_factory=dict)        # reason -> count
     fanout: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
     db_write: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
     gc_pause: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
     gc_longest: float = 0.0                            # seconds, the longest collector pause so far
+    gbt_latency: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
+    block_submit_delay: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
+    block_results: dict = field(default_factory=dict)  # "accepted" / "rejected" -> count
+    chain_height: int = 0
+
+    def block_result(self, result: str) -> None:
+        self.block_results[result] = self.block_results.get(result, 0) + 1
 
     def share(self, error_code: int | None) -> None:
         name = SHARE_RESULTS.get(error_code, "invalid")
@@ -60,7 +68,9 @@ class Metrics:
     def counters(self) -> dict:
         return {"subscribes": self.subscribes, "authorizes": self.authorizes, "shares": dict(self.shares),
                 "blocks": self.blocks, "jobs": self.jobs,
-                "job_publish_failures": self.job_publish_failures, "dropped": dict(self.dropped),
+                "job_publish_failures": self.job_publish_failures, "accepted_difficulty": self.accepted_difficulty,
+                "gbt_latency": self.gbt_latency.as_dict(), "block_submit_delay": self.block_submit_delay.as_dict(),
+                "block_results": dict(self.block_results), "chain_height": self.chain_height, "dropped": dict(self.dropped),
                 "fanout": self.fanout.as_dict(), "db_write": self.db_write.as_dict(),
                 "gc_pause": self.gc_pause.as_dict()}
 
@@ -122,6 +132,29 @@ class PoolCollector:
                          [s["counters"] for s in snaps], "fanout")
         yield _histogram("gstratum_db_write_seconds", "Duration of one batched database write.",
                          [s["counters"] for s in snaps], "db_write")
+        difficulty = CounterMetricFamily("gstratum_accepted_difficulty", "Sum of the difficulty of accepted shares "
+                                         "(hashrate = rate() x 2^32).")
+        difficulty.add_metric([], sum(s["counters"].get("accepted_difficulty", 0.0) for s in snaps))
+        yield difficulty
+        blocks = CounterMetricFamily("gstratum_blocks_submitted", "Blocks submitted to bitcoind, by result.",
+                                     labels=["result"])
+        for result in ("accepted", "rejected"):
+            blocks.add_metric([result], sum(s["counters"].get("block_results", {}).get(result, 0) for s in snaps))
+        yield blocks
+        yield _histogram("gstratum_getblocktemplate_seconds", "getblocktemplate round trips.",
+                         [s["counters"] for s in snaps], "gbt_latency")
+        yield _histogram("gstratum_block_submit_delay_seconds", "From a block-meeting share to its submitblock "
+                         "being sent.", [s["counters"] for s in snaps], "block_submit_delay")
+        height = GaugeMetricFamily("gstratum_chain_height", "Height of the block the newest template builds on.")
+        height.add_metric([], max([s["counters"].get("chain_height", 0) for s in snaps] or [0]))
+        yield height
+        age = GaugeMetricFamily("gstratum_template_age_seconds", "Age of the newest job's template (or random job).")
+        age.add_metric([], min([s.get("template_age", 0.0) for s in snaps] or [0.0]))
+        yield age
+        up = GaugeMetricFamily("gstratum_node_up", "1 when the bitcoind node answers.", labels=["node"])
+        for name in sorted({n for s in snaps for n in s.get("nodes", {})}):
+            up.add_metric([name], max(s.get("nodes", {}).get(name, 0) for s in snaps))
+        yield up
         yield _histogram("gstratum_gc_pause_seconds", "Pauses of Python's cyclic garbage collector (every miner "
                          "waits while it runs).", [s["counters"] for s in snaps], "gc_pause")
         for key, name, doc in (("writer_queue", "gstratum_writer_queue_rows", "Rows waiting in memory."),

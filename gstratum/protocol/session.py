@@ -48,6 +48,7 @@ class Services:
     network_target: Callable[[Job], int] | None = None
     on_block: Callable[[dict], None] | None = None
     resumption: Any = None              # gstratum.storage.resumption.Resumption: resume() and remember()
+    payout_for: Callable[[str], bytes] | None = None   # solo: user (an address) -> its script; ValueError if invalid
 
 
 def clamp(value: float, low: float, high: float) -> float:
@@ -60,7 +61,7 @@ class Session:
     # slots and a class-level dispatch table: 10,000 sessions without a per-instance dict or a dict of bound methods
     __slots__ = ("services", "connection_id", "remote_addr", "subscribed", "session_id", "extranonce1",
                  "_extranonce1_bytes", "workers", "schedule", "duplicates", "version_mask", "suggested",
-                 "minimum_difficulty", "requests", "errors", "vardiff", "last_activity")
+                 "minimum_difficulty", "requests", "errors", "vardiff", "last_activity", "payout_script")
 
     def __init__(self, services: Services, connection_id: str, remote_addr: str = "0.0.0.0") -> None:
         self.services = services
@@ -72,6 +73,7 @@ class Session:
         self._extranonce1_bytes = b""
         self.workers: set[str] = set()
         self.schedule = DifficultySchedule(services.difficulty)
+        self.payout_script: bytes | None = None    # solo: what this miner's coinbase pays (set by authorize)
         self.duplicates = DuplicateFilter()
         self.version_mask = 0
         self.suggested: float | None = None
@@ -113,12 +115,15 @@ class Session:
     # (the broadcast asks for `broadcast_lines` only when `vardiff.since` says a retarget may be due; see
     # gstratum.protocol.difficulty for how each job's difficulty is remembered)
     def broadcast_lines(self, job: Job) -> list[bytes]:
-        """What a new job costs this miner when a retarget is due: set_difficulty first, then the job."""
+        """What a new job costs this miner when it is not the shared line: set_difficulty first when a retarget is
+        due, then the job (in solo mode, the variant paying this miner; nothing before it authorized)."""
+        if self.services.payout_for is not None and self.payout_script is None:
+            return []
         lines = []
         proposal = self.vardiff.proposal(self.difficulty, self.services.clock())
         if proposal is not None:
             lines.append(self._set_difficulty(self._bounded(proposal), applies_from=job.seq))
-        lines.append(job.notify_line())
+        lines.append(job.for_payout(self.payout_script).notify_line())
         return lines
 
     def _set_difficulty(self, difficulty: float, applies_from: int | None = None) -> bytes:
@@ -132,8 +137,8 @@ class Session:
         takes effect at once (DifficultySchedule.resend)."""
         lines = [self._set_difficulty(difficulty)]
         current = self.services.jobs.current
-        if current is not None and self.subscribed:
-            params = current.notify_params(False)
+        if current is not None and self.subscribed and (self.services.payout_for is None or self.payout_script):
+            params = current.for_payout(self.payout_script).notify_params(False)
             params[0] = self.schedule.resend(current, difficulty, self.services.jobs)
             lines.append(rpc.encode_notification("mining.notify", params))
         return lines
@@ -177,7 +182,7 @@ class Session:
         self.schedule.start(current.seq if current is not None else self.services.jobs.latest_seq + 1, difficulty)
         lines = [rpc.encode_result(req.id, result),
                  rpc.encode_notification("mining.set_difficulty", [self.difficulty])]
-        if current is not None:
+        if current is not None and self.services.payout_for is None:   # solo: the job comes with authorize
             lines.append(current.notify_line(True))
         self.vardiff.reset(self.services.clock())
         return lines
@@ -188,10 +193,30 @@ class Session:
         worker = req.params[0]
         if len(worker) > MAX_WORKER_NAME:
             raise StratumError(OTHER, f"Invalid params: worker name longer than {MAX_WORKER_NAME}", req.id)
+        lines = []
+        if self.services.payout_for is not None:
+            lines = self._solo_payout(worker, req.id)
         self.workers.add(worker)
         self.services.metrics.authorizes += 1
         self.services.recorder.authorized(self.connection_id, worker, self.remote_addr, True)
-        return [rpc.encode_result(req.id, True)]
+        return [rpc.encode_result(req.id, True)] + lines
+
+    def _solo_payout(self, worker: str, request_id) -> list[bytes]:
+        """Solo: the user part of ADDRESS[.WORKER] is the address this connection's coinbase pays. Refused with a
+        clear message when it is not an address of the node's chain: never a job that pays nobody."""
+        address = worker.split(".", 1)[0]
+        try:
+            script = self.services.payout_for(address)
+        except ValueError as exc:
+            self.services.recorder.authorized(self.connection_id, worker, self.remote_addr, False)
+            raise StratumError(UNAUTHORIZED, f"Invalid payout address: {exc}"[:300], request_id) from None
+        if self.payout_script is not None:
+            if script != self.payout_script:
+                raise StratumError(UNAUTHORIZED, "One payout address per connection (solo mode)", request_id)
+            return []
+        self.payout_script = script
+        current = self.services.jobs.current
+        return [current.for_payout(script).notify_line(True)] if current is not None and self.subscribed else []
 
     def configure(self, req: Request) -> list[bytes]:
         """BIP310: answer each requested extension; unknown ones are answered false."""
@@ -281,6 +306,7 @@ class Session:
             extranonce2, ntime, nonce, version_bits = self._parse_submit(params, req.id)
             if job is None:
                 raise StratumError(JOB_NOT_FOUND, "Job not found (stale)", req.id)
+            job = job.for_payout(self.payout_script)
             verdict = judge(job, difficulty, self._extranonce1_bytes, extranonce2, ntime, nonce, version_bits,
                             self.version_mask, now, self.duplicates.shares_of(job.job_id, services.jobs),
                             services.network_target)
@@ -288,7 +314,7 @@ class Session:
             if verdict.code is not None:
                 raise StratumError(verdict.code, verdict.message, req.id)
             if verdict.block:
-                self._found_block(job, worker, verdict.header, verdict.hash_int)
+                self._found_block(job, worker, verdict.header, verdict.hash_int, extranonce2)
         except StratumError as err:
             services.recorder.share(self.connection_id, worker, job_id[:64], extranonce2, ntime, nonce, version_bits,
                                     difficulty, achieved, err.code, now)
@@ -299,6 +325,7 @@ class Session:
         services.recorder.share(self.connection_id, worker, job_id[:64], extranonce2, ntime, nonce, version_bits,
                                 difficulty, achieved, None, now)
         services.metrics.share(None)
+        services.metrics.accepted_difficulty += difficulty
         services.stats.share(worker, True, difficulty, now)
         self.vardiff.note_share()
         proposal = self.vardiff.proposal(self.difficulty, now)
@@ -333,15 +360,17 @@ class Session:
             raise StratumError(OTHER, "Invalid version bits: expected 8 hex digits", request_id)
         return extranonce2.lower(), ntime.lower(), nonce.lower(), version_bits
 
-    def _found_block(self, job: Job, worker: str, header: bytes, hash_int: int) -> None:
+    def _found_block(self, job: Job, worker: str, header: bytes, hash_int: int, extranonce2: str) -> None:
         block_hash = hash_int.to_bytes(32, "little")[::-1].hex()
         log.warning("BLOCK CANDIDATE job=%s height=%d worker=%r hash=%s header=%s", job.job_id, job.height,
                     worker, block_hash, header.hex())
         self.services.metrics.blocks += 1
         if self.services.on_block is not None:
+            coinbase = (bytes.fromhex(job.coinb1) + self._extranonce1_bytes + bytes.fromhex(extranonce2)
+                        + bytes.fromhex(job.coinb2))
             self.services.on_block({"job_id": job.job_id, "height": job.height, "worker": worker,
-                                    "block_hash": block_hash, "header": header.hex(),
-                                    "connection_id": self.connection_id})
+                                    "block_hash": block_hash, "header": header.hex(), "job": job,
+                                    "coinbase": coinbase, "connection_id": self.connection_id})
 
 
 _HANDLERS = {

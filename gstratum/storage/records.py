@@ -94,8 +94,9 @@ TABLES: dict[str, Table] = {
               "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))",
               ("uuid", "uuid", "text", "text", "text", "text", "text", "text", "float8", "float8", "bool", "int2",
                "epoch")),
-        Table("blocks", ("id", "connection_id", "worker", "job_id", "height", "block_hash", "header", "found_at"),
-              "(%s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"),
+        Table("blocks", ("id", "connection_id", "worker", "username", "job_id", "height", "block_hash", "prevhash",
+                         "header", "reward", "results", "status", "found_at"),
+              "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, to_timestamp(%s))"),
         Table("admin_actions", ("id", "action", "target", "params", "source", "acted_at"),
               "(%s, %s, %s, %s::jsonb, %s, to_timestamp(%s))"),
     )
@@ -110,6 +111,12 @@ def text(value: str | None) -> str | None:
     if value is not None and "\x00" in value:
         return value.replace("\x00", "\ufffd")
     return value
+
+
+def user_of(worker: str) -> str:
+    """A login is USER[.WORKER]: the user is what comes before the first dot (the pool account, or in solo mode the
+    payout address)."""
+    return worker.split(".", 1)[0]
 
 
 class RowIds:
@@ -182,8 +189,11 @@ class Recorder:
                               self.clock() if at is None else at))
 
     def block(self, found: dict) -> None:
-        self._sink("blocks", (self.new_id(), found["connection_id"], text(found["worker"]), found["job_id"],
-                              found["height"], found["block_hash"], found["header"], self.clock()))
+        """A block candidate (random jobs) or a block submitted to the node, with its answers and status."""
+        self._sink("blocks", (self.new_id(), found["connection_id"], text(found["worker"]),
+                              text(user_of(found["worker"])), found["job_id"], found["height"], found["block_hash"],
+                              found.get("prevhash"), found["header"], found.get("reward"),
+                              found.get("results", "{}"), found.get("status", "candidate"), self.clock()))
 
     def admin_action(self, action: str, target: str | None, params: str, source: str) -> None:
         """`params` is the action's JSON text."""

@@ -29,3 +29,9 @@ def pool_hashrates(cur) -> dict[str, float]:
         cur.execute(POOL_DIFFICULTY, (seconds,))
         rates[label] = hashrate(cur.fetchone()[0], seconds)
     return rates
+
+# worker, best achieved difficulty ever, best since the newest block the pool found (%s: an array of workers)
+BEST_SHARES = (
+    "SELECT worker, max(best_achieved), coalesce(max(best_achieved) FILTER (WHERE minute >= "
+    "(SELECT date_trunc('minute', max(found_at)) FROM blocks WHERE status <> 'rejected')), max(best_achieved)) "
+    "FROM worker_minutes WHERE worker = ANY(%s) GROUP BY worker")

@@ -36,16 +36,18 @@ ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError, TypeError
 # batch adds nothing twice. Rejections claiming a name that is not authorized on the connection (24, 25) are not a
 # worker's: they get no rollup row.
 SHARES_WITH_ROLLUP = (
-    "WITH inserted AS ({insert} RETURNING worker, submitted_at, accepted, difficulty, error_code) "
-    "INSERT INTO worker_minutes (worker, minute, accepted, rejected, difficulty_sum, last_share) "
+    "WITH inserted AS ({insert} RETURNING worker, submitted_at, accepted, difficulty, achieved, error_code) "
+    "INSERT INTO worker_minutes (worker, minute, accepted, rejected, difficulty_sum, last_share, best_achieved) "
     "SELECT worker, date_trunc('minute', submitted_at), count(*) FILTER (WHERE accepted), "
-    "count(*) FILTER (WHERE NOT accepted), coalesce(sum(difficulty) FILTER (WHERE accepted), 0), max(submitted_at) "
+    "count(*) FILTER (WHERE NOT accepted), coalesce(sum(difficulty) FILTER (WHERE accepted), 0), max(submitted_at), "
+    "coalesce(max(achieved) FILTER (WHERE accepted), 0) "
     f"FROM inserted WHERE error_code IS NULL OR error_code NOT IN ({StratumCode.UNAUTHORIZED:d}, "
     f"{StratumCode.NOT_SUBSCRIBED:d}) GROUP BY 1, 2 "
     "ON CONFLICT (worker, minute) DO UPDATE SET accepted = worker_minutes.accepted + EXCLUDED.accepted, "
     "rejected = worker_minutes.rejected + EXCLUDED.rejected, "
     "difficulty_sum = worker_minutes.difficulty_sum + EXCLUDED.difficulty_sum, "
-    "last_share = greatest(worker_minutes.last_share, EXCLUDED.last_share)")
+    "last_share = greatest(worker_minutes.last_share, EXCLUDED.last_share), "
+    "best_achieved = greatest(worker_minutes.best_achieved, EXCLUDED.best_achieved)")
 
 
 class Writer:

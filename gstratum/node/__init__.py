@@ -1,0 +1,1 @@
+"""Bitcoin Core as the source of work: RPC with failover, templates to jobs, new-block triggers, block submission."""

@@ -1,0 +1,378 @@
+"""Work from Bitcoin Core: templates become jobs, new blocks become clean jobs at once, found blocks are submitted.
+
+Every process of the pool asks the node itself (the node is the source of truth, and a template with thousands of
+transactions cannot travel over NOTIFY): each process makes its own jobs from its own templates, so the process
+whose miner finds a block holds everything needed to submit it as a full block.
+
+A new block is learnt three ways, whichever comes first: ZMQ `hashblock` (zmq.green: a trigger, since a SUB socket
+can go quiet without any error), a `getbestblockhash` poll every `block_poll` seconds as the safety net, and
+`python -m gstratum blocknotify` (for `-blocknotify`) over the cluster bus. Any of them wakes one refresher
+greenlet, which fetches a template and sends a clean job when the previous block changed. Between blocks a fresh
+template (new fees) goes out every `template_refresh` seconds with clean_jobs false.
+
+No node, no work: while every node is unreachable, in initial block download or refusing templates, no job is
+invented. Miners keep their connection and get work as soon as a node answers again.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+
+import gevent
+import gevent.event
+import gevent.lock
+import ujson
+
+from gstratum.errors import first_line
+from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.mining.address import describe_script, script_for_address
+from gstratum.mining.jobs import Job
+from gstratum.mining.template import BlockTemplate, TemplateError, split_reward
+from gstratum.node.rpc import NodeError, NodeUnavailable, Nodes
+
+log = logging.getLogger(__name__)
+
+BLOCKNOTIFY_CHANNEL = "blocknotify"
+CONFIRMATIONS = 100
+GBT_RULES = {"rules": ["segwit"]}
+NEW_BLOCK_TRIGGERS = ("zmq", "poll", "blocknotify", "our block")
+
+
+class PayoutAddressInvalid(ValueError):
+    """--payout-address is not an address of the node's chain: start-up stops with this message."""
+
+
+class NodeWork:
+    """Keeps this process's job book fed from the node."""
+
+    def __init__(self, nodes: Nodes, job_stream, metrics, payout_address: str | None, tag: bytes,
+                 extranonce_size: int, template_refresh: float, block_poll: float, zmq_endpoints=(), bus=None,
+                 solo: bool = False, solo_fee: float = 0.0, max_template_age: float = 120.0) -> None:
+        self.nodes = nodes
+        self.job_stream = job_stream
+        self.metrics = metrics
+        self.payout_address = payout_address
+        self.payout_script: bytes | None = None      # the node's scriptPubKey for payout_address (start)
+        self.tag = tag
+        self.extranonce_size = extranonce_size
+        self.template_refresh = template_refresh
+        self.block_poll = block_poll
+        self.zmq_endpoints = tuple(zmq_endpoints)
+        self.solo = solo
+        self.solo_fee = solo_fee
+        self.max_template_age = max_template_age
+        self.template: BlockTemplate | None = None
+        self.template_at = float("-inf")     # monotonic time of the newest template
+        self.tip: str | None = None          # display hash of the block the newest template builds on
+        self.last_error: str | None = None
+        self.chain: str | None = None
+        self._prefix = f"{secrets.randbits(32):08x}"
+        self._counter = itertools.count(1)
+        self._wake = gevent.event.Event()
+        self._refreshing = gevent.lock.Semaphore()
+        self._greenlets: list = []
+        self.tip_learnt_at: float | None = None  # perf_counter when the last new block was heard (for latency)
+        if bus is not None:
+            bus.subscribe(BLOCKNOTIFY_CHANNEL, self._on_blocknotify)
+
+    # -- readiness ----------------------------------------------------------------------------------------------
+    @property
+    def template_age(self) -> float:
+        return time.monotonic() - self.template_at
+
+    @property
+    def fresh(self) -> bool:
+        return self.template is not None and self.template_age <= self.max_template_age
+
+    # -- payouts ------------------------------------------------------------------------------------------------
+    def _resolve_payout(self) -> None:
+        """The chain, and the payout address as the node sees it; ValueError (start-up stops) when it is invalid,
+        NodeUnavailable when no node answers yet (retried before each template)."""
+        if self.payout_address is None:
+            self.chain = self.nodes.call("getblockchaininfo", timeout=10.0)["chain"]
+            return
+        self.payout_script, self.chain = script_from_node(self.nodes, self.payout_address)
+        log.info("paying %s (%s) on chain %s", self.payout_address, describe_script(self.payout_script), self.chain)
+
+    def solo_script(self, address: str) -> bytes:
+        """A solo miner's address (the user part of its login) as a script of the node's chain; ValueError with
+        the reason when it is not one."""
+        if self.chain is None:
+            raise ValueError("the node's chain is not known yet (no node answered); try again shortly")
+        return script_for_address(address, self.chain)
+
+    # -- templates to jobs --------------------------------------------------------------------------------------
+    def _outputs(self, template: BlockTemplate, miner_script: bytes | None) -> list[tuple[int, bytes]]:
+        if self.solo and miner_script is not None:
+            return split_reward(template.coinbasevalue, miner_script, self.solo_fee, self.payout_script)
+        return [(template.coinbasevalue, self.payout_script)]
+
+    def make_job(self, template: BlockTemplate, clean: bool) -> Job:
+        """The job for a template: one coinbase (pool), or one per payout script made on demand (solo)."""
+        size = self.extranonce_size
+
+        def coinbase_for(script: bytes) -> tuple[bytes, bytes]:
+            return template.coinbase_parts(self._outputs(template, script), self.tag, size)
+
+        # the pool's own variant: solo miners never get it (they wait for authorize), it pays the fee address
+        coinb1, coinb2 = template.coinbase_parts(
+            [(template.coinbasevalue, self.payout_script or bytes([0x6A]))], self.tag, size)
+        return Job(job_id=f"{self._prefix}{next(self._counter):x}", prevhash=template.stratum_prevhash,
+                   coinb1=coinb1.hex(), coinb2=coinb2.hex(),
+                   merkle_branch=tuple(h.hex() for h in template.merkle_branch), version=template.version_hex,
+                   nbits=template.bits_hex, ntime=template.curtime_hex, clean_jobs=clean, height=template.height,
+                   created_at=time.time(), block=template, coinbase_for=coinbase_for if self.solo else None)
+
+    def refresh(self, reason: str) -> bool:
+        """Fetch a template and send its job (clean when the previous block changed). False when no node gave one."""
+        with self._refreshing:
+            started = time.perf_counter()
+            try:
+                if self.chain is None:
+                    self._resolve_payout()
+                result = self.nodes.call("getblocktemplate", GBT_RULES)
+                template = BlockTemplate.from_gbt(result)
+            except (NodeUnavailable, NodeError, TemplateError) as exc:
+                if self.last_error != first_line(exc):
+                    log.error("no work from bitcoind (%s): %s; miners keep their last job until a node answers",
+                              reason, first_line(exc))
+                self.last_error = first_line(exc)
+                return False
+            if self.last_error is not None:
+                log.info("bitcoind gives work again")
+                self.last_error = None
+            clean = template.previousblockhash != self.tip
+            if not clean and reason in NEW_BLOCK_TRIGGERS:
+                self.template_at = time.monotonic()
+                return True     # told of a block this template already builds on (or not yet): nothing to send
+            self.template, self.template_at, self.tip = template, time.monotonic(), template.previousblockhash
+            self.metrics.chain_height = template.height - 1
+            job = self.make_job(template, clean)
+            self.job_stream.push(job)
+            if clean:
+                learnt = self.tip_learnt_at
+                log.info("new block %s at height %d (%s): clean job %s, %d transactions, built in %.1f ms%s",
+                         template.previousblockhash, template.height - 1, reason, job.job_id, len(template.txids),
+                         (time.perf_counter() - started) * 1000,
+                         f", {(time.perf_counter() - learnt) * 1000:.1f} ms after the node announced it"
+                         if learnt is not None else "")
+            return True
+
+    # -- triggers -----------------------------------------------------------------------------------------------
+    def tip_changed(self, reason: str) -> None:
+        if self.tip_learnt_at is None:
+            self.tip_learnt_at = time.perf_counter()
+        self._reason = reason
+        self._wake.set()
+
+    def _refresher(self) -> None:
+        """One greenlet fetches templates: triggers that arrive while it works coalesce into the next round."""
+        next_refresh = time.monotonic() + self.template_refresh
+        while True:
+            woken = self._wake.wait(timeout=max(0.0, next_refresh - time.monotonic()))
+            self._wake.clear()
+            reason = getattr(self, "_reason", "trigger") if woken else "refresh"
+            ok = self.refresh(reason)
+            self.tip_learnt_at = None
+            next_refresh = time.monotonic() + (self.template_refresh if ok else min(self.block_poll, 1.0))
+
+    def _poll(self) -> None:
+        """getbestblockhash every block_poll seconds: the new-block path that cannot go quiet; also the health
+        check that brings a preferred node back into use."""
+        checks = 0
+        while True:
+            gevent.sleep(self.block_poll)
+            checks += 1
+            if checks % 5 == 0 or not all(c.up for c in self.nodes.clients):
+                self.nodes.check(timeout=min(self.block_poll, 1.0))
+            try:
+                best = self.nodes.call("getbestblockhash", timeout=1.0)
+            except (NodeUnavailable, NodeError):
+                if self.template is None or self.last_error is not None:
+                    self.tip_changed("retry")
+                continue
+            if best != self.tip or self.last_error is not None:
+                self.tip_changed("poll")
+
+    def _zmq(self, endpoint: str) -> None:
+        import zmq.green as zmq
+
+        context = zmq.Context.instance()
+        while True:
+            sock = context.socket(zmq.SUB)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+            sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
+            sock.connect(endpoint)
+            try:
+                while True:
+                    parts = sock.recv_multipart()
+                    if len(parts) >= 2 and parts[0] == b"hashblock":
+                        if parts[1].hex() != self.tip:
+                            self.tip_changed("zmq")
+            except zmq.ZMQError as exc:
+                log.warning("ZMQ %s: %s; reconnecting", endpoint, exc)
+                gevent.sleep(1.0)
+            finally:
+                sock.close(linger=0)
+
+    def _on_blocknotify(self, message: dict) -> None:
+        self.tip_changed("blocknotify")
+
+    def start(self) -> None:
+        """First template before miners are accepted (when a node answers); then the loops. An invalid payout
+        address stops start-up here (ValueError); an unreachable node does not: work comes when it answers."""
+        try:
+            self._resolve_payout()
+        except (NodeUnavailable, NodeError) as exc:
+            log.error("bitcoind not reachable at start (%s); waiting for it, no work meanwhile", first_line(exc))
+        self.refresh("start")
+        self._greenlets = [spawn_logged(self._refresher, name="node-refresh"),
+                           spawn_logged(self._poll, name="node-poll")]
+        self._greenlets += [spawn_logged(self._zmq, e, name=f"zmq-{e}") for e in self.zmq_endpoints]
+
+    def stop(self) -> None:
+        for greenlet in self._greenlets:
+            stop_greenlet(greenlet)
+
+
+class BlockSubmitter:
+    """A found block, assembled and sent to every node in parallel, off the miner's reply path; recorded with each
+    node's answer. `null` and "duplicate" count as accepted; anything else is a rejection with its reason."""
+
+    def __init__(self, nodes: Nodes, work: NodeWork, recorder, metrics) -> None:
+        self.nodes = nodes
+        self.work = work
+        self.recorder = recorder
+        self.metrics = metrics
+
+    def found(self, found: dict) -> None:
+        found["found_perf"] = time.perf_counter()
+        spawn_logged(self._submit, found, name="submitblock")
+
+    def _submit(self, found: dict) -> None:
+        job: Job = found["job"]
+        template: BlockTemplate = job.block
+        header = bytes.fromhex(found["header"])
+        try:
+            block = template.block_bytes(header, found["coinbase"])
+        except (TemplateError, ValueError) as exc:
+            log.error("BLOCK %s could not be assembled: %s", found["block_hash"], exc)
+            self._record(found, {}, "invalid")
+            return
+        built = time.perf_counter()
+        self.metrics.block_submit_delay.observe(built - found["found_perf"])
+        answers = self.nodes.call_all("submitblock", block.hex(), timeout=10.0)
+        results = {}
+        for name, answer in answers.items():
+            if answer is None or answer == "duplicate":
+                results[name] = "accepted" if answer is None else "duplicate"
+            elif isinstance(answer, Exception):
+                results[name] = f"error: {first_line(answer)}"
+            else:
+                results[name] = str(answer)
+        accepted = any(r in ("accepted", "duplicate") for r in results.values())
+        status = "submitted" if accepted else "rejected"
+        self.metrics.block_result("accepted" if accepted else "rejected")
+        log.log(logging.WARNING if accepted else logging.ERROR,
+                "BLOCK %s height %d by %r: %s (%s), %d bytes, sent %.1f ms after the share", found["block_hash"],
+                job.height, found["worker"], status, ", ".join(f"{k}: {v}" for k, v in results.items()), len(block),
+                (built - found["found_perf"]) * 1000)
+        self._record(found, results, status)
+        if accepted:
+            self.work.tip_changed("our block")     # the next template at once: miners move to the new tip
+
+    def _record(self, found: dict, results: dict, status: str) -> None:
+        job: Job = found["job"]
+        reward = sum(value for value, _ in _outputs_of(found["coinbase"]))
+        self.recorder.block({**found, "prevhash": job.block.previousblockhash if job.block else None,
+                             "reward": reward, "results": ujson.dumps(results), "status": status})
+
+
+def _outputs_of(coinbase: bytes) -> list[tuple[int, bytes]]:
+    from gstratum.mining.block import parse_transaction
+
+    try:
+        return [(o.value, o.script) for o in parse_transaction(coinbase).outputs]
+    except ValueError:
+        return []
+
+
+class BlockKeeper:
+    """Keeps the status of submitted blocks current: `confirmed` once CONFIRMATIONS deep on the active chain,
+    `orphaned` when the chain at that height has another block. Run by the cluster leader, every `every` seconds."""
+
+    def __init__(self, db, nodes: Nodes, leadership, every: float = 60.0) -> None:
+        self.db = db
+        self.nodes = nodes
+        self.leadership = leadership
+        self.every = every
+        self._greenlet = None
+
+    def run_once(self) -> int:
+        import psycopg2
+
+        changed = 0
+        try:
+            with self.db.connection() as conn, conn.cursor() as cur:
+                cur.execute("SELECT block_hash, height FROM blocks WHERE status = 'submitted'")
+                pending = cur.fetchall()
+        except psycopg2.Error as exc:
+            log.warning("block status check: %s", first_line(exc))
+            return 0
+        for block_hash, height in pending:
+            try:
+                header = self.nodes.call("getblockheader", block_hash, True, timeout=5.0)
+                confirmations = header["confirmations"]
+            except NodeError:
+                confirmations = -1                 # the node does not know it: not on its chain
+            except (NodeUnavailable, KeyError, TypeError):
+                continue
+            try:
+                at_height = self.nodes.call("getblockhash", height, timeout=5.0)
+            except NodeError:
+                at_height = None
+            except NodeUnavailable:
+                continue
+            if confirmations < 0 or (at_height is not None and at_height != block_hash):
+                status = "orphaned"
+            elif confirmations >= CONFIRMATIONS:
+                status = "confirmed"
+            else:
+                continue
+            try:
+                with self.db.connection() as conn, conn.cursor() as cur:
+                    cur.execute("UPDATE blocks SET status = %s WHERE block_hash = %s AND status = 'submitted'",
+                                (status, block_hash))
+                changed += 1
+                log.warning("block %s at height %d is %s", block_hash, height, status)
+            except psycopg2.Error as exc:
+                log.warning("block status update: %s", first_line(exc))
+        return changed
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(self.every)
+            if self.leadership is None or self.leadership.is_leader:
+                self.run_once()
+
+    def start(self) -> None:
+        self._greenlet = spawn_logged(self._run, name="block-keeper")
+
+    def stop(self) -> None:
+        stop_greenlet(self._greenlet)
+
+
+def script_from_node(nodes: Nodes, address: str) -> tuple[bytes, str]:
+    """The payout address checked by the node itself (`validateaddress`, network-aware): (script, chain). A clear
+    ValueError naming the address and the node's chain when it is not valid there."""
+    chain = nodes.call("getblockchaininfo", timeout=10.0)["chain"]
+    answer = nodes.call("validateaddress", address, timeout=10.0)
+    if not answer.get("isvalid"):
+        reason = answer.get("error") or "not an address"
+        raise PayoutAddressInvalid(f"--payout-address {address!r} is not valid on the node's chain {chain!r}: "
+                                   f"{reason}")
+    return bytes.fromhex(answer["scriptPubKey"]), chain
