@@ -65,6 +65,12 @@ def child_main(args: argparse.Namespace) -> int:
     error_samples: list[str] = []
     deadline = time.monotonic() + args.hard_deadline
 
+    users = Path(args.users).read_text().split() if args.users else [args.worker_prefix]
+
+    def login(index: int) -> str:
+        """USER.CHILD.INDEX; with --users, the users (e.g. solo payout addresses) taken in turn."""
+        return f"{users[(index * args.procs + args.child_index) % len(users)]}.{args.child_index}.{index}"
+
     class Reconnect(Exception):
         """The server asked for client.reconnect: leave and come back, resuming the session."""
 
@@ -178,7 +184,7 @@ def child_main(args: argparse.Namespace) -> int:
                 stats["resumed_same" if extranonce1 == self.extranonce1 else "resumed_changed"] += 1
             self.extranonce1 = extranonce1
             self.session_id = reply["result"][0][1][1]
-            self.call(3, "mining.authorize", [f"{args.worker_prefix}.{args.child_index}.{self.index}", "x"])
+            self.call(3, "mining.authorize", [login(self.index), "x"])
             handshake_ms.append((time.perf_counter() - started) * 1000)
             self.alive = True
             stats["connected"] += 1
@@ -198,7 +204,7 @@ def child_main(args: argparse.Namespace) -> int:
                 template = templates[job[0]] = HeaderTemplate.from_stratum(job[1], job[2], job[3], job[4], job[5],
                                                                            job[6])
             lines = []
-            worker = f"{args.worker_prefix}.{args.child_index}.{self.index}"
+            worker = login(self.index)
             sent_at = time.perf_counter()
             for _ in range(count):
                 self.en2 += 1
@@ -410,7 +416,7 @@ def parent_main(args: argparse.Namespace) -> int:
                "--child-ramp", str(args.ramp / args.procs if args.ramp > 0 else 0), "--hard-deadline", str(hard),
                "--host", str(address), "--port", str(args.port), "--duration", str(args.duration),
                "--share-rate", str(args.share_rate), "--pipeline", str(args.pipeline), "--src-ips", str(args.src_ips),
-               "--worker-prefix", args.worker_prefix] + (["--configure"] if args.configure else []) + (
+               "--worker-prefix", args.worker_prefix] + (["--users", args.users] if args.users else []) + (["--configure"] if args.configure else []) + (
                ["--reconnect"] if args.reconnect else [])
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     cpu_before = server_cpu(args.server_pid)
@@ -499,6 +505,8 @@ def main() -> int:
     parser.add_argument("--reconnect", action="store_true", help="reconnect when the server drops a miner")
     parser.add_argument("--src-ips", type=int, default=1, help="spread miners over 127.0.0.1..N source addresses")
     parser.add_argument("--worker-prefix", default="load")
+    parser.add_argument("--users", help="a file of user names (e.g. solo payout addresses), one per line, used in turn "
+                                        "instead of --worker-prefix")
     parser.add_argument("--json", help="write the report as JSON to this file")
     parser.add_argument("--plot", help="write a PNG plot (needs matplotlib)")
     parser.add_argument("--server-pid", type=int, help="report this server process's CPU time per operation")

@@ -122,7 +122,8 @@ def test_a_job_bigger_than_notify_payload_limit_reaches_both_processes(start_ser
 
 def test_a_second_start_on_a_busy_port_is_refused_and_the_first_keeps_serving(start_server, db, tmp_path, schema):
     first = start_server("--notify-interval", "30")
-    with first.miner("busy.port") as client:
+    worker = f"busy.port.{time.time_ns()}"
+    with first.miner(worker) as client:
         result = subprocess.run([sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port",
                                  str(first.port), "--http-port", "0", "--database-url", schema, "--journal-dir",
                                  str(tmp_path / "j2")], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -131,8 +132,8 @@ def test_a_second_start_on_a_busy_port_is_refused_and_the_first_keeps_serving(st
         assert f"port {first.port} is in use by pid {first.proc.pid}" in output, output
         assert "Traceback" not in output
         # the first server still serves its miner and still writes its rows
-        assert client.authorize("busy.port.after") is True
-    rows = wait_until(lambda: query(db, "SELECT count(*) FROM authorizations WHERE worker = 'busy.port.after'"),
+        assert client.authorize(worker + ".after") is True
+    rows = wait_until(lambda: query(db, "SELECT count(*) FROM authorizations WHERE worker = %s", worker + ".after"),
                       lambda r: r == [(1,)])
     assert rows == [(1,)]
 

@@ -227,15 +227,16 @@ def test_the_block_keeper_marks_confirmed_and_orphaned_blocks(node, schema, db):
     reorged = node.mine(1)[0]
     node.rpc("fake_reorg", 1)                     # that block is no longer on the chain
     fresh = node.mine(1)[0]
+    worker = f"keeper.{time.time_ns()}"
     for block_hash, height in ((deep, 1), (reorged, node.rpc("getblockcount") - 2), (fresh, node.rpc("getblockcount"))):
         with db.cursor() as cur:
             cur.execute("INSERT INTO blocks (id, connection_id, worker, job_id, height, block_hash, header, found_at, "
-                        "status) VALUES (gen_random_uuid(), gen_random_uuid(), 'keeper', 'j', %s, %s, '', now(), "
-                        "'submitted')", (height, block_hash))
+                        "status) VALUES (gen_random_uuid(), gen_random_uuid(), %s, 'j', %s, %s, '', now(), "
+                        "'submitted')", (worker, height, block_hash))
     database = Database(schema)
     try:
         BlockKeeper(database, Nodes([NodeClient(node.url, node.cookie_path)]), leadership=None).run_once()
     finally:
         database.close()
-    status = dict(query(db, "SELECT block_hash, status FROM blocks WHERE worker = 'keeper'"))
+    status = dict(query(db, "SELECT block_hash, status FROM blocks WHERE worker = %s", worker))
     assert status == {deep: "confirmed", reorged: "orphaned", fresh: "submitted"}

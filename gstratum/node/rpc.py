@@ -25,6 +25,20 @@ from gstratum.greenlets import spawn_logged
 log = logging.getLogger(__name__)
 
 
+BIG_REPLY = 256 * 1024    # a template with thousands of transactions is megabytes of JSON
+
+
+def off_loop(func, *args):
+    """Run pure-Python work that takes milliseconds (a big template) in gevent's native threadpool: the GIL is
+    handed back every 5 ms (sys.getswitchinterval), so the event loop keeps answering miners meanwhile instead of
+    stalling for the whole computation."""
+    return gevent.get_hub().threadpool.apply(func, args)
+
+
+def decode_json(data: bytes):
+    return off_loop(ujson.loads, data) if len(data) > BIG_REPLY else ujson.loads(data)
+
+
 class NodeError(Exception):
     """The node answered with a JSON-RPC error (the call was understood and refused)."""
 
@@ -97,7 +111,7 @@ class NodeClient:
         if status == 401:
             raise NodeUnavailable(f"{self.name}: authentication refused (check the URL's credentials or the cookie)")
         try:
-            reply = ujson.loads(data)
+            reply = decode_json(data)
         except ValueError:
             raise NodeUnavailable(f"{self.name}: HTTP {status} without a JSON body") from None
         if not isinstance(reply, dict):

@@ -30,7 +30,7 @@ from gstratum.greenlets import spawn_logged, stop_greenlet
 from gstratum.mining.address import describe_script, script_for_address
 from gstratum.mining.jobs import Job
 from gstratum.mining.template import BlockTemplate, TemplateError, split_reward
-from gstratum.node.rpc import NodeError, NodeUnavailable, Nodes
+from gstratum.node.rpc import NodeError, NodeUnavailable, Nodes, off_loop
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ class NodeWork:
                 if self.chain is None:
                     self._resolve_payout()
                 result = self.nodes.call("getblocktemplate", GBT_RULES)
-                template = BlockTemplate.from_gbt(result)
+                big = isinstance(result, dict) and len(result.get("transactions") or ()) > 200
+                template = off_loop(BlockTemplate.from_gbt, result) if big else BlockTemplate.from_gbt(result)
             except (NodeUnavailable, NodeError, TemplateError) as exc:
                 if self.last_error != first_line(exc):
                     log.error("no work from bitcoind (%s): %s; miners keep their last job until a node answers",

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Benchmarks of mining against a node (scripts/fake_bitcoind.py on regtest, loopback only; stops by itself).
+
+    .venv/bin/python scripts/bench_node.py newblock --miners 10000 --blocks 8            # ZMQ path
+    .venv/bin/python scripts/bench_node.py newblock --miners 10000 --blocks 8 --no-zmq   # poll path (1 s)
+    .venv/bin/python scripts/bench_node.py template --txs 4000                           # build time, loop stall
+    .venv/bin/python scripts/bench_node.py submit --blocks 10                            # found block -> submitblock
+    .venv/bin/python scripts/bench_node.py solo --miners 10000 --addresses 1000          # solo fan-out vs pool
+
+newblock: the node learns a block (its `fake_mine` returns; timed from just before the call, so the figure
+includes that RPC) and the clean job reaches the first and the last miner of the load tool.
+template: a probe miner asks `client.get_version` every 2 ms while new blocks bring 4,000-transaction templates;
+its longest reply beside the median is the event loop's stall.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+POOL_ADDRESS = "bcrt1qdavt4j2sd7dlhqsavtnfxvzppw6k7qy97tmnu9"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def bech32_address(hrp: str, program: bytes) -> str:
+    """A witness v0 address (BIP173's reference encoder), for solo logins."""
+    charset = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+
+    def polymod(values):
+        chk = 1
+        for v in values:
+            top = chk >> 25
+            chk = (chk & 0x1FFFFFF) << 5 ^ v
+            for i, g in enumerate((0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)):
+                chk ^= g if (top >> i) & 1 else 0
+        return chk
+
+    data, acc, bits = [0], 0, 0
+    for byte in program:
+        acc, bits = acc << 8 | byte, bits + 8
+        while bits >= 5:
+            bits -= 5
+            data.append(acc >> bits & 31)
+    if bits:
+        data.append(acc << (5 - bits) & 31)
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    check = polymod(expanded + data + [0] * 6) ^ 1
+    return hrp + "1" + "".join(charset[d] for d in data + [check >> 5 * (5 - i) & 31 for i in range(6)])
+
+
+class Pool:
+    """The fake node, the embedded PostgreSQL and one gstratum process against them."""
+
+    def __init__(self, work: Path, node_args=(), server_args=(), zmq: bool = True) -> None:
+        from gstratum.storage.embedded_pg import EmbeddedPostgres
+        from nodes import FakeNode
+
+        self.embedded = EmbeddedPostgres(ROOT / ".gstratum" / "bench-pgdata").start()
+        self.node = FakeNode(work / "node", *node_args)
+        self.port = free_port()
+        self.log_path = work / "server.log"
+        log = open(self.log_path, "wb")
+        cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
+               "--http-port", "0", "--database-url", self.embedded.url, "--cluster", f"b{uuid.uuid4().hex[:8]}",
+               "--journal-dir", str(work / "journal"), "--bitcoind", self.node.url, "--bitcoind-cookie",
+               str(self.node.cookie_path), "--payout-address", POOL_ADDRESS, "--vardiff", "0",
+               "--difficulty", "0.00001", "--min-difficulty", "1e-9", *server_args]
+        if zmq:
+            cmd += ["--zmq-hashblock", self.node.zmq_endpoint]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "stratum listening" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def load(self, miners: int, seconds: float, out: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--port", str(self.port),
+                                 "--miners", str(miners), "--procs", "2", "--ramp", "1000", "--duration",
+                                 str(seconds), "--src-ips", "8", "--json", str(out), *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.node.stop()
+        self.embedded.release()
+
+
+def clean_jobs(log: str) -> dict[str, str]:
+    """block hash -> the clean job made for it, from the server's log."""
+    return dict(re.findall(r"new block (\w+) at height \d+ \(\w[\w ]*\): clean job (\w+)", log))
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def bench_newblock(args, work: Path) -> None:
+    pool = Pool(work, server_args=("--block-poll", "1"), zmq=not args.no_zmq)
+    try:
+        out = work / "load.json"
+        seconds = args.miners / 1000 + 8 + args.blocks * 3
+        load = pool.load(args.miners, seconds, out, "--share-rate", "0")
+        time.sleep(args.miners / 1000 + 5)       # the ramp, then quiet
+        mined = []
+        for _ in range(args.blocks):
+            before = time.time()
+            (block_hash,) = pool.node.mine(1)
+            mined.append((block_hash, before))
+            time.sleep(2.5)
+        load.wait(seconds + 120)
+        jobs = {j["job_id"]: j for j in json.loads(out.read_text())["jobs"]}
+        made = clean_jobs(pool.log())
+        first, last, reached = [], [], []
+        for block_hash, before in mined:
+            job = jobs.get(made.get(block_hash))
+            if job is None:
+                continue
+            first.append((job["first_at"] - before) * 1000)
+            last.append((job["last_at"] - before) * 1000)
+            reached.append(job["reached"])
+        fanouts = [float(x) for x in re.findall(r"clean=True miners=\d+ fanout=([\d.]+)ms", pool.log())][1:]
+        print(f"path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} blocks={len(first)} "
+              f"reached={min(reached) if reached else 0}")
+        print(f"  node has block -> first miner: median {median(first):.1f} ms, max {max(first):.1f} ms")
+        print(f"  node has block -> last miner:  median {median(last):.1f} ms, max {max(last):.1f} ms")
+        print(f"  server-side fan-out of those clean jobs: median {median(fanouts):.1f} ms")
+    finally:
+        pool.close()
+
+
+def bench_template(args, work: Path) -> None:
+    from gstratum.client import StratumClient
+
+    pool = Pool(work, node_args=("--mempool-txs", str(args.txs)))
+    try:
+        client = StratumClient("127.0.0.1", pool.port)
+        client.subscribe()
+        rtts: list[tuple[float, float]] = []
+        stop = threading.Event()
+
+        def probe():
+            while not stop.is_set():
+                started = time.perf_counter()
+                client.call("client.get_version", [])
+                rtts.append((time.time(), (time.perf_counter() - started) * 1000))
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        windows = []
+        for _ in range(args.blocks):
+            time.sleep(1.0)
+            pool.node.rpc("fake_addtxs", args.txs)       # the next template carries a full mempool again
+            before = time.time()
+            pool.node.mine(1)
+            time.sleep(1.5)
+            windows.append(before)
+        stop.set()
+        thread.join(5)
+        builds = [float(b) for n, b in re.findall(r"(\d+) transactions, built in ([\d.]+) ms", pool.log())
+                  if int(n) >= args.txs // 2]
+        during = [r for t, r in rtts if any(w <= t <= w + 1.0 for w in windows)]
+        quiet = [r for t, r in rtts if not any(w - 0.2 <= t <= w + 1.2 for w in windows)]
+        print(f"template of {args.txs} transactions: job built in median {median(builds):.1f} ms "
+              f"(max {max(builds):.1f}) from the template's arrival, {len(builds)} templates")
+        print(f"  probe replies around new templates: max {max(during):.1f} ms, median {median(during):.2f} ms; "
+              f"quiet: max {max(quiet):.1f} ms, median {median(quiet):.2f} ms ({len(rtts)} probes)")
+    finally:
+        pool.close()
+
+
+def bench_submit(args, work: Path) -> None:
+    pool = Pool(work, node_args=("--mempool-txs", str(args.txs)))
+    try:
+        subprocess.run([sys.executable, "-m", "gstratum", "client", "--url", f"127.0.0.1:{pool.port}", "--user",
+                        "bench.submit", "--mine", "--duration", "20"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                       timeout=60)
+        sent = [float(x) for x in re.findall(r"submitted \(.*?\), \d+ bytes, sent ([\d.]+) ms after the share",
+                                             pool.log())]
+        accepted = len(pool.node.rpc("fake_submissions"))
+        print(f"found block -> submitblock sent ({args.txs} template transactions): median {median(sent):.1f} ms, "
+              f"max {max(sent):.1f} ms over {len(sent)} accepted blocks ({accepted} submissions at the node)")
+    finally:
+        pool.close()
+
+
+def bench_solo(args, work: Path) -> None:
+    import hashlib
+
+    addresses = [bech32_address("bcrt", hashlib.sha256(f"solo{i}".encode()).digest()[:20])
+                 for i in range(args.addresses)]
+    users = work / "users.txt"
+    users.write_text("\n".join(addresses))
+    for mode, extra, load_extra in (("pool", (), ()), ("solo", ("--solo",), ("--users", str(users)))):
+        pool = Pool(work / mode, server_args=extra)
+        try:
+            out = work / f"{mode}.json"
+            seconds = args.miners / 1000 + 8 + args.blocks * 3
+            load = pool.load(args.miners, seconds, out, "--share-rate", "0", *load_extra)
+            time.sleep(args.miners / 1000 + 5)
+            for _ in range(args.blocks):
+                pool.node.mine(1)
+                time.sleep(2.5)
+            load.wait(seconds + 120)
+            fanouts = [(int(m), float(f), float(c)) for m, f, c in
+                       re.findall(r"clean=True miners=(\d+) fanout=([\d.]+)ms cpu=([\d.]+)ms", pool.log())]
+            full = [(f, c) for m, f, c in fanouts if m == args.miners]
+            print(f"{mode}: {args.miners} miners{f' over {args.addresses} addresses' if mode == 'solo' else ''}: "
+                  f"fan-out median {median([f for f, _ in full]):.1f} ms wall, "
+                  f"{median([c for _, c in full]):.1f} ms CPU over {len(full)} blocks")
+        finally:
+            pool.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["newblock", "template", "submit", "solo"])
+    parser.add_argument("--miners", type=int, default=10000)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--txs", type=int, default=4000)
+    parser.add_argument("--addresses", type=int, default=1000)
+    parser.add_argument("--no-zmq", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix=f"bench-node-{args.what}-"))
+    {"newblock": bench_newblock, "template": bench_template, "submit": bench_submit, "solo": bench_solo}[args.what](
+        args, work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
