@@ -1,3 +1,3 @@
 """gstratum: a Stratum V1 mining pool server on gevent, recording what happens in PostgreSQL."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -31,6 +31,7 @@ from gstratum.ops import http
 from gstratum.ops.admin import AdminActions
 from gstratum.ops.metrics import Metrics
 from gstratum.ops.stats import PoolStats
+from gstratum.ops.tuning import watch_loop
 from gstratum.protocol.session import Services, Session
 from gstratum.protocol.vardiff import VardiffPolicy
 from gstratum.storage.allocator import SequenceAllocator
@@ -143,6 +144,7 @@ class Pool:
             self.keeper.start()
             self._running.append(self.keeper.stop)
         self._running.append(spawn_logged(self._log_stats, name="stats-log").kill)
+        self._running.append(watch_loop(self.metrics).kill)
         if self.snapshot_dir is not None:
             self._running.append(spawn_logged(self._write_snapshots, name="snapshots").kill)
         elif self.http_listener is not None:

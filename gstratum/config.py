@@ -155,23 +155,85 @@ def _convert(name: str, kind, raw):
         raise ConfigError(f"invalid setting {name}: {raw!r} ({exc})") from None
 
 
+SWITCHES = ("vardiff", "solo", "witness_commitment", "proxy_protocol")   # 0/1 settings: true/false in a file
+SECRETS = ("database_url", "listen_database_url", "admin_token", "bitcoind")
+
+
+def env_name(name: str) -> str:
+    return "DATABASE_URL" if name == "database_url" else f"GSTRATUM_{name.upper()}"
+
+
 def from_sources(flags: argparse.Namespace | None = None, env: dict | None = None) -> Config:
-    """Build a Config: defaults, overridden by GSTRATUM_<NAME> / DATABASE_URL, overridden by non-None flags."""
+    """Build a Config: defaults < the TOML file (--config / GSTRATUM_CONFIG) < GSTRATUM_<NAME> / DATABASE_URL <
+    non-None flags. Every value goes through the same conversion and validation, wherever it came from."""
     env = os.environ if env is None else env
-    values = {}
+    config_file = getattr(flags, "config", None) or env.get("GSTRATUM_CONFIG")
+    values = read_file(Path(config_file)) if config_file else {}
     for field in fields(Config):
-        env_name = "DATABASE_URL" if field.name == "database_url" else f"GSTRATUM_{field.name.upper()}"
         raw = getattr(flags, field.name, None) if flags is not None else None
         if raw is None:
-            raw = env.get(env_name) or None
+            raw = env.get(env_name(field.name)) or None
         if raw is not None:
             values[field.name] = _convert(field.name, field.type, raw)
-    return Config(**values)
+    try:
+        return Config(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_file}: {exc}" if config_file else str(exc)) from None
+
+
+_TOML_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "str | None": (str,), "Path": (str,),
+               "Path | None": (str,), "tuple[str, ...]": (list, str)}
+
+
+def read_file(path: Path) -> dict:
+    """The settings of a TOML file, keyed by the flags' long names with underscores (notify_interval = 30).
+    An unknown key, a wrong type or a file that is not TOML is a ConfigError naming the file and the key."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    known = {field.name: field for field in fields(Config)}
+    values = {}
+    for key, raw in data.items():
+        field = known.get(key)
+        if field is None:
+            raise ConfigError(f"{path}: unknown key {key!r} (keys are the flags' long names with underscores, "
+                              f"e.g. notify_interval)")
+        allowed = _TOML_TYPES.get(str(field.type), (str,))
+        if key in SWITCHES and isinstance(raw, bool):
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, allowed):
+            wanted = {"int": "an integer", "float": "a number", "tuple[str, ...]": "a list of strings"}.get(
+                str(field.type), "a string")
+            raise ConfigError(f"{path}: {key} must be {wanted}, got {raw!r}")
+        values[key] = _convert(key, field.type, raw)
+    return values
+
+
+def effective(config: Config) -> dict:
+    """Every setting with its value, secrets masked (`python -m gstratum config --print`)."""
+    out = {}
+    for field in fields(Config):
+        value = getattr(config, field.name)
+        if field.name in SECRETS and value:
+            value = ["***"] * len(value) if isinstance(value, tuple) else "***"
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[field.name] = value
+    return out
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
     """The `run` sub-command's flags; defaults stay None so the environment can fill them."""
     add = parser.add_argument
+    add("--config", type=Path, help="a TOML file of settings keyed by these flags' names with underscores "
+                                    "(flags and GSTRATUM_* environment variables override it)")
     add("--host", help="address to listen on (default 0.0.0.0)")
     add("--port", type=int, help="Stratum TCP port (default 3333)")
     add("--database-url", dest="database_url",

@@ -76,10 +76,11 @@ class Pool:
         self.embedded = EmbeddedPostgres(ROOT / ".gstratum" / "bench-pgdata").start()
         self.node = FakeNode(work / "node", *node_args)
         self.port = free_port()
+        self.http_port = free_port()
         self.log_path = work / "server.log"
         log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
-               "--http-port", "0", "--database-url", self.embedded.url, "--cluster", f"b{uuid.uuid4().hex[:8]}",
+               "--http-port", str(self.http_port), "--database-url", self.embedded.url, "--cluster", f"b{uuid.uuid4().hex[:8]}",
                "--journal-dir", str(work / "journal"), "--bitcoind", self.node.url, "--bitcoind-cookie",
                str(self.node.cookie_path), "--payout-address", POOL_ADDRESS, "--vardiff", "0",
                "--difficulty", "0.00001", "--min-difficulty", "1e-9", *server_args]
@@ -101,11 +102,38 @@ class Pool:
                                  str(seconds), "--src-ips", "8", "--json", str(out), *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def loop_lag(self) -> dict[float, int]:
+        """The server's event-loop lag histogram (gstratum_event_loop_lag_seconds): bound -> cumulative count."""
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10).read().decode()
+        return {float(le): float(n) for le, n in
+                re.findall(r'gstratum_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text)}
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
         self.node.stop()
         self.embedded.release()
+
+
+def listen_hashblock(endpoint: str) -> dict[str, float]:
+    """A ZMQ subscriber of our own beside the pool's: block hash -> when the node's hashblock reached us. That is
+    the moment the node announced the block, so the figures do not include the fake node's own mining work."""
+    import zmq
+
+    arrivals: dict[str, float] = {}
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
+    sock.connect(endpoint)
+
+    def run():
+        while True:
+            topic, body, _ = sock.recv_multipart()
+            arrivals[body.hex()] = time.time()
+
+    threading.Thread(target=run, daemon=True).start()
+    return arrivals
 
 
 def clean_jobs(log: str) -> dict[str, str]:
@@ -123,13 +151,13 @@ def bench_newblock(args, work: Path) -> None:
         out = work / "load.json"
         seconds = args.miners / 1000 + 8 + args.blocks * 3
         load = pool.load(args.miners, seconds, out, "--share-rate", "0")
+        announced = listen_hashblock(pool.node.zmq_endpoint)
         time.sleep(args.miners / 1000 + 5)       # the ramp, then quiet
         mined = []
         for _ in range(args.blocks):
-            before = time.time()
             (block_hash,) = pool.node.mine(1)
-            mined.append((block_hash, before))
             time.sleep(2.5)
+            mined.append((block_hash, announced[block_hash]))   # when the node published it (our own SUB socket)
         load.wait(seconds + 120)
         jobs = {j["job_id"]: j for j in json.loads(out.read_text())["jobs"]}
         made = clean_jobs(pool.log())
@@ -144,8 +172,8 @@ def bench_newblock(args, work: Path) -> None:
         fanouts = [float(x) for x in re.findall(r"clean=True miners=\d+ fanout=([\d.]+)ms", pool.log())][1:]
         print(f"path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} blocks={len(first)} "
               f"reached={min(reached) if reached else 0}")
-        print(f"  node has block -> first miner: median {median(first):.1f} ms, max {max(first):.1f} ms")
-        print(f"  node has block -> last miner:  median {median(last):.1f} ms, max {max(last):.1f} ms")
+        print(f"  node announces block -> first miner: median {median(first):.1f} ms, max {max(first):.1f} ms")
+        print(f"  node announces block -> last miner:  median {median(last):.1f} ms, max {max(last):.1f} ms")
         print(f"  server-side fan-out of those clean jobs: median {median(fanouts):.1f} ms")
     finally:
         pool.close()
@@ -170,6 +198,7 @@ def bench_template(args, work: Path) -> None:
 
         thread = threading.Thread(target=probe, daemon=True)
         thread.start()
+        lag_before = pool.loop_lag()
         windows = []
         for _ in range(args.blocks):
             time.sleep(1.0)
@@ -178,14 +207,20 @@ def bench_template(args, work: Path) -> None:
             pool.node.mine(1)
             time.sleep(1.5)
             windows.append(before)
+        lag_after = pool.loop_lag()
         stop.set()
         thread.join(5)
+        lag = {bound: lag_after[bound] - lag_before.get(bound, 0) for bound in lag_after}
+        ticks = lag[float("inf")]
+        longest = min((b for b in sorted(lag) if lag[b] == ticks), default=float("inf"))
         builds = [float(b) for n, b in re.findall(r"(\d+) transactions, built in ([\d.]+) ms", pool.log())
                   if int(n) >= args.txs // 2]
         during = [r for t, r in rtts if any(w <= t <= w + 1.0 for w in windows)]
         quiet = [r for t, r in rtts if not any(w - 0.2 <= t <= w + 1.2 for w in windows)]
         print(f"template of {args.txs} transactions: job built in median {median(builds):.1f} ms "
-              f"(max {max(builds):.1f}) from the template's arrival, {len(builds)} templates")
+              f"(max {max(builds):.1f}) from the start of getblocktemplate, {len(builds)} templates")
+        print(f"  server's event loop over those {args.blocks * 2.5:.0f} s: {ticks:.0f} ticks of 5 ms, every one "
+              f"within {longest * 1000:.0f} ms of its time; {ticks - lag.get(0.02, 0):.0f} later than 20 ms")
         print(f"  probe replies around new templates: max {max(during):.1f} ms, median {median(during):.2f} ms; "
               f"quiet: max {max(quiet):.1f} ms, median {median(quiet):.2f} ms ({len(rtts)} probes)")
     finally:

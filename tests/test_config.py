@@ -38,3 +38,72 @@ def test_bad_values_name_the_setting(env, name):
 
 def test_fractional_difficulty_is_not_clamped():
     assert Config(difficulty=1e-8).difficulty == 1e-8
+
+
+# -- the TOML config file (issue 14) ----------------------------------------------------------------------------
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+from gstratum import config as _config  # noqa: E402
+
+_ROOT = _Path(__file__).resolve().parent.parent
+
+
+def test_the_example_file_loads_and_keeps_its_values():
+    cfg = _config.from_sources(None, env={"GSTRATUM_CONFIG": str(_ROOT / "etc" / "gstratum.example.toml")})
+    assert cfg.port == 3333 and cfg.notify_interval == 30.0 and cfg.solo == 0 and cfg.vardiff == 1
+    assert cfg.min_difficulty == 1e-10 and cfg.journal_dir == _Path(".gstratum/journal")
+
+
+def test_precedence_flags_over_environment_over_file_over_defaults(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text('notify_interval = 7\ndifficulty = 2.5\nbitcoind = ["http://a:1", "http://b:2"]\n'
+                    'payout_address = "bcrt1q"\n')
+    flags = type("Flags", (), {"config": path, "difficulty": 4.0})()
+    cfg = _config.from_sources(flags, env={"GSTRATUM_NOTIFY_INTERVAL": "9"})
+    assert cfg.difficulty == 4.0                   # flag
+    assert cfg.notify_interval == 9.0              # environment over file
+    assert cfg.bitcoind == ("http://a:1", "http://b:2") and cfg.max_line == 16384   # file, default
+    masked = _config.effective(cfg)
+    assert masked["bitcoind"] == ["***", "***"] and masked["notify_interval"] == 9.0
+
+
+def test_bad_files_name_the_file_the_key_and_the_reason(tmp_path):
+    import pytest
+
+    cases = {'notify_intervall = 3\n': "unknown key 'notify_intervall'",
+             'port = "3333"\n': "port must be an integer",
+             'port = true\n': "port must be an integer",
+             'port = 99999\n': "invalid setting port",
+             'port = \n': "not valid TOML"}
+    for text, fragment in cases.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(_config.ConfigError) as info:
+            _config.from_sources(None, env={"GSTRATUM_CONFIG": str(path)})
+        assert str(path) in str(info.value) and fragment in str(info.value), (text, info.value)
+
+
+def test_a_server_runs_from_the_file_alone(schema, tmp_path):
+    from gstratum.client import StratumClient
+
+    from .conftest import free_port, new_cluster_name, wait_until
+
+    port = free_port()
+    path = tmp_path / "pool.toml"
+    path.write_text(f'host = "127.0.0.1"\nport = {port}\nhttp_port = 0\ndatabase_url = "{schema}"\n'
+                    f'cluster = "{new_cluster_name()}"\njournal_dir = "{tmp_path / "journal"}"\n'
+                    f'difficulty = 0.5\nnotify_interval = 60\n')
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = _subprocess.Popen([_sys.executable, "-m", "gstratum", "run", "--config", str(path)], cwd=_ROOT,
+                                 stdout=out, stderr=_subprocess.STDOUT)
+    try:
+        assert "stratum listening" in wait_until(log.read_text, lambda t: "stratum listening" in t, timeout=30)
+        with StratumClient("127.0.0.1", port) as client:
+            client.subscribe()
+            assert client.wait_for("mining.set_difficulty")["params"] == [0.5]
+    finally:
+        proc.terminate()
+        proc.wait(30)

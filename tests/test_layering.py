@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gstratum"
-PURE = ("gstratum.protocol", "gstratum.mining", "gstratum.errors")
+PURE = ("gstratum.protocol", "gstratum.mining", "gstratum.errors", "gstratum.__version__")
 IO_LIBRARIES = {"gevent", "psycopg2", "psycogreen", "socket", "select", "selectors", "prometheus_client", "zmq",
                 "http", "urllib", "subprocess", "threading", "asyncio", "ssl"}
 SERVER_PACKAGES = ("gstratum.net", "gstratum.storage", "gstratum.cluster", "gstratum.ops", "gstratum.node",
@@ -28,8 +28,10 @@ def imports(path: Path) -> list[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path}: relative import (the layering check reads absolute names)"
-            names.append(node.module)
-            names += [f"{node.module}.{alias.name}" for alias in node.names if node.module == "gstratum"]
+            if node.module == "gstratum":     # from gstratum import x: x is the module (or name) imported
+                names += [f"gstratum.{alias.name}" for alias in node.names]
+            else:
+                names.append(node.module)
     return names
 
 

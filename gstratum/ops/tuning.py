@@ -38,3 +38,22 @@ def watch_gc(metrics) -> None:
             metrics.gc_longest = pause
 
     gc.callbacks.append(on_gc)
+
+
+LOOP_TICK = 0.005
+
+
+def watch_loop(metrics, tick: float = LOOP_TICK):
+    """A greenlet that wakes every `tick` seconds and records how late it woke (`metrics.loop_lag`): the event
+    loop's stalls as miners feel them (a template being built, a GC pause, a long fan-out chunk)."""
+    import gevent
+
+    from gstratum.greenlets import spawn_logged
+
+    def run() -> None:
+        while True:
+            expected = time.perf_counter() + tick
+            gevent.sleep(tick)
+            metrics.loop_lag.observe(max(0.0, time.perf_counter() - expected))
+
+    return spawn_logged(run, name="loop-lag")

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gstratum import __version__
 from gstratum.mining import bitcoin
 from gstratum.protocol import rpc
 from gstratum.mining.jobs import Job, JobBook
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 POOL_VERSION_MASK = 0x1FFFE000
 MAX_WORKER_NAME = 256
-SERVER_VERSION = "gstratum/0.1"
+SERVER_VERSION = f"gstratum/{__version__}"
 _HEX8 = re.compile(r"[0-9a-fA-F]{8}\Z")
 _HEX = re.compile(r"[0-9a-fA-F]*\Z")
 

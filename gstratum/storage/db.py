@@ -16,7 +16,9 @@ import psycopg2.extensions
 
 log = logging.getLogger(__name__)
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "etc" / "postgres"
+# etc/postgres (what docker-compose applies) is the one copy; gstratum/storage/schema links to it in the source tree
+# and is a copy of it in an installed package (pip install .).
+SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting together apply the schema one at a time
 
 SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizations", "jobs", "shares", "blocks",
