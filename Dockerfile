@@ -1,4 +1,5 @@
 # gstratum: the pool server. `docker-compose up` runs it beside PostgreSQL (see docker-compose.yaml).
+# Runtime requirements only (requirements.txt); the test tools live in requirements-dev.txt.
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
@@ -9,4 +10,7 @@ COPY etc ./etc
 RUN useradd --system --home /app gstratum && mkdir -p /app/.gstratum && chown gstratum /app/.gstratum
 USER gstratum
 EXPOSE 3333 8080
+# ready = fresh work for miners (a current template from bitcoind, or a current job) and a healthy database writer
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4).status != 200)"
 CMD ["python", "-m", "gstratum", "run", "--host", "0.0.0.0", "--port", "3333", "--http-host", "0.0.0.0"]

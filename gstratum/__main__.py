@@ -79,6 +79,7 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
     from gstratum.app import Pool, SchemaMismatch
     from gstratum.node.work import PayoutAddressInvalid
     from gstratum.net import takeover
+    from gstratum.ops.systemd import notify
     from gstratum.ops.tuning import watch_gc
 
     snapshot_dir = cfg.runtime_dir / str(cfg.port) if worker else None
@@ -86,6 +87,7 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
                 snapshot_dir=snapshot_dir)
     stopped = gevent.event.Event()
     draining = gevent.event.Event()
+    successors = []     # the processes our SIGHUPs started: the drain status names the one taking over
 
     def request_stop(signum):
         log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -93,7 +95,7 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
 
     def request_successor(signum):
         log.info("signal SIGHUP: starting a successor to take over")
-        takeover.spawn_successor(listener)
+        successors.append(takeover.spawn_successor(listener))
 
     def request_drain(signum):
         log.info("signal SIGUSR1: a successor is listening; draining")
@@ -116,14 +118,25 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
         log.exception("start-up failed")
         pool.stop()
         return 1
+    # systemd hears that we are the main process before our predecessor hears it may go: were it to exit first,
+    # systemd would take the service for dead and kill us with it. With --workers the supervisor stays the main
+    # process (it gets ExecReload's SIGHUP); a worker only reports in.
+    if worker:
+        notify("READY=1", f"STATUS=worker {worker} serving miners on port {cfg.port}")
+    else:
+        notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving miners on port {cfg.port}")
     takeover.signal_predecessor(args.takeover, pidfile)
     takeover.write_pidfile(pidfile)
     gc.collect()
     gc.freeze()  # start-up objects leave the collector's view: no long pauses scanning them later
     watch_gc(pool.metrics)
     stopped.wait()
-    if draining.is_set():
+    if draining.is_set():   # replaced, not stopped: no STOPPING=1, the service goes on in the successor
+        heir = next((child.pid for child in reversed(successors) if child.poll() is None), None)
+        notify(f"STATUS=handing miners to pid {heir}" if heir else "STATUS=handing miners to a successor")
         pool.server.drain(cfg.drain_period, cfg.drain_deadline)
+    elif not worker:        # a worker stops when the supervisor (the main process) says so: it is not ours to tell
+        notify("STOPPING=1", "STATUS=stopping")
     pool.stop()
     takeover.remove_pidfile(pidfile)
     return 0
@@ -153,6 +166,20 @@ def _run_workers(cfg) -> int:
     finally:
         if embedded is not None:
             embedded.release()
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The configuration `run` would use with the same flags, file and environment, as TOML."""
+    import ujson
+
+    try:
+        cfg = config_module.from_sources(args)
+    except config_module.ConfigError as exc:
+        print(f"gstratum: {exc}", file=sys.stderr)
+        return 2
+    for key, value in config_module.effective(cfg).items():
+        print(f"# {key} = (unset)" if value is None else f"{key} = {ujson.dumps(value, escape_forward_slashes=False)}")
+    return 0
 
 
 def cmd_blocknotify(args: argparse.Namespace) -> int:
@@ -209,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     admin = sub.add_parser("admin", help="operator actions through the HTTP API (needs GSTRATUM_ADMIN_TOKEN)")
     ops_cli.add_admin_flags(admin)
     admin.set_defaults(func=ops_cli.run_admin)
+    config = sub.add_parser("config", help="show the effective configuration (secrets masked)")
+    config_module.add_server_flags(config)
+    config.add_argument("--print", dest="print_config", action="store_true", help="print it as TOML")
+    config.set_defaults(func=cmd_config)
     blocknotify = sub.add_parser("blocknotify", help="tell every process of the pool that the node has a new block "
                                                      "(for bitcoind -blocknotify, when it has no ZMQ)")
     blocknotify.add_argument("blockhash", nargs="?", help="the %%s bitcoind passes (informational)")

@@ -543,3 +543,31 @@ def test_4000_transaction_template_cost():
     root = bitcoin.merkle_root_from_branch(sha256d(coinb1 + bytes(8) + coinb2), list(template.merkle_branch))
     assert root == textbook_merkle_root([sha256d(coinb1 + bytes(8) + coinb2)] + [bytes.fromhex(t["txid"])[::-1]
                                                                                for t in gbt["transactions"]])
+
+
+def test_a_solo_variant_line_is_the_shared_line_with_its_own_coinbase():
+    """Job.for_payout derives a variant's notify line from the shared one (coinb2 replaced): it must be byte for
+    byte what encoding the variant from scratch gives, and hash to the coinbase that pays the miner."""
+    from gstratum.mining.block import witness_commitment_script
+    from gstratum.mining.jobs import Job
+    from gstratum.mining.template import BlockTemplate, split_reward
+    from gstratum.protocol import rpc
+
+    template = BlockTemplate.from_gbt({
+        "version": 0x20000000, "previousblockhash": "11" * 32, "bits": "207fffff", "curtime": 1700000000,
+        "mintime": 1699999000, "height": 200, "coinbasevalue": 5000000000, "transactions": [], "coinbaseaux": {},
+        "default_witness_commitment": witness_commitment_script([]).hex()})
+    miner, pool = bytes.fromhex("0014" + "ab" * 20), bytes.fromhex("0014" + "cd" * 20)
+
+    def coinbase_for(script):
+        return template.coinbase_parts(split_reward(template.coinbasevalue, script, 2.0, pool), b"/t/", 12)
+
+    coinb1, coinb2 = template.coinbase_parts([(template.coinbasevalue, pool)], b"/t/", 12)
+    job = Job("j1", template.stratum_prevhash, coinb1.hex(), coinb2.hex(), (), template.version_hex,
+              template.bits_hex, template.curtime_hex, True, 200, coinbase_for=coinbase_for)
+    shared = job.notify_line()
+    variant = job.for_payout(miner)
+    assert variant.notify_line() != shared
+    assert variant.notify_line() == rpc.encode_notification("mining.notify", variant.notify_params())
+    assert job.for_payout(miner) is variant and job.for_payout(None) is job
+    assert variant.coinb2 == coinbase_for(miner)[1].hex() and miner.hex() in variant.coinb2

@@ -208,3 +208,18 @@ def test_vardiff_retargets_on_a_share_and_the_new_job_id_carries_it():
     # the difficulty went up, and the job was re-sent under a new id so it applies at once
     assert pair.difficulty() > 1e-6
     assert pair.job()[0].startswith(job[0] + "r")
+
+
+def test_difficulty_from_the_password_within_bounds():
+    from gstratum.protocol.session import password_difficulty
+
+    assert password_difficulty("x,d=1024") == 1024 and password_difficulty("diff=0.5") == 0.5
+    assert password_difficulty("d=abc") is None and password_difficulty("x") is None and password_difficulty(None) is None
+    assert password_difficulty("d=-4") is None and password_difficulty("pd=9") is None
+    pair = Pair(difficulty=1e-6, vardiff=VardiffPolicy(enabled=False, min_difficulty=1e-9, max_difficulty=100.0))
+    result = pair.send("mining.subscribe", ["pair/1"])["result"]
+    pair.extranonce1 = bytes.fromhex(result[1])
+    assert pair.send("mining.authorize", ["w", "x,d=0.001"])["result"] is True
+    assert pair.difficulty() == 0.001 and pair.job()[8] is False      # set_difficulty, then the job re-sent
+    assert pair.send("mining.authorize", ["w2", "d=1e9"])["result"] is True
+    assert pair.difficulty() == 100.0                                  # clamped to --max-difficulty

@@ -56,3 +56,32 @@ def test_due_cutoff_marks_who_the_broadcast_must_check():
     policy = VardiffPolicy(retarget_after=60.0)
     assert policy.due_cutoff(1000.0) == 940.0
     assert VardiffPolicy(enabled=False).due_cutoff(1000.0) == float("-inf")   # never due: every miner the fast path
+
+
+def test_difficulty_is_not_lowered_again_when_the_share_rate_does_not_respond():
+    """A proxy that clamps every difficulty below 1 up to 1 sends the same few shares whatever we set: after one
+    decrease that changed nothing, vardiff stops lowering (it used to walk such a proxy down to 1e-10)."""
+    from gstratum.protocol.vardiff import Vardiff, VardiffPolicy
+
+    policy = VardiffPolicy(target_interval=10, retarget_after=60, min_difficulty=1e-10)
+    vardiff = Vardiff(policy, 0.0)
+    difficulty, now = 1.0, 0.0
+    for _ in range(10):            # one share a minute, whatever the difficulty: 6x too few
+        vardiff.note_share()
+        now += 60
+        proposal = vardiff.proposal(difficulty, now)
+        if proposal is not None:
+            difficulty = proposal
+    assert abs(difficulty - 1 / 6) < 1e-12, difficulty      # one decrease (6x too few shares), then none
+    assert vardiff.unresponsive
+    # an honest miner that follows the decrease keeps being steered down
+    honest, difficulty, now, rate = Vardiff(policy, 0.0), 1.0, 0.0, 1 / 60
+    for _ in range(4):
+        for _ in range(max(1, round(rate * 60))):
+            honest.note_share()
+        now += 60
+        proposal = honest.proposal(difficulty, now)
+        if proposal is not None:
+            rate *= difficulty / proposal            # its share rate follows the difficulty
+            difficulty = proposal
+    assert difficulty < 1.0 / 5 and not honest.unresponsive

@@ -76,8 +76,8 @@ def validate_subscribe_result(result: Any) -> Subscription:
         raise ProtocolViolation(f"subscription ids must be two distinct non-empty strings: {subs!r}")
     if not (isinstance(extranonce1, str) and _HEX16.match(extranonce1)):
         raise ProtocolViolation(f"extranonce1 must be 16 lowercase hex chars: {extranonce1!r}")
-    if size != 4:
-        raise ProtocolViolation(f"extranonce2_size must be 4: {size!r}")
+    if not (isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= 16):
+        raise ProtocolViolation(f"extranonce2_size must be an integer 1..16: {size!r}")
     return Subscription(subs[0][1], subs[1][1], extranonce1, size)
 
 

@@ -50,9 +50,13 @@ class Job:
         variant = self._variants.get(script)
         if variant is None:
             coinb1, coinb2 = self.coinbase_for(script)
+            coinb1, coinb2 = coinb1.hex(), coinb2.hex()
+            lines = {}
+            if coinb1 == self.coinb1:   # only the outputs differ: the line is the shared one with coinb2 replaced
+                old, new = f'"{self.coinb2}"'.encode(), f'"{coinb2}"'.encode()
+                lines = {clean: line.replace(old, new, 1) for clean, line in self._lines.items()}
             variant = self._variants[script] = dataclasses.replace(
-                self, coinb1=coinb1.hex(), coinb2=coinb2.hex(), coinbase_for=None, _lines={}, _template=None,
-                _variants={})
+                self, coinb1=coinb1, coinb2=coinb2, coinbase_for=None, _lines=lines, _template=None, _variants={})
         return variant
 
     def notify_params(self, clean_jobs: bool | None = None) -> list:

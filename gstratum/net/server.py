@@ -189,15 +189,18 @@ class StratumServer:
             started = time.perf_counter()
             line = job.notify_line()
             targets = list(self.subscribed)
-            # solo: every miner gets the variant paying its own address (encoded once per address, see Job)
-            retarget_cutoff = float("inf") if self.config.solo else self.vardiff.due_cutoff(self.clock())
+            retarget_cutoff = self.vardiff.due_cutoff(self.clock())
+            solo = self.config.solo
             cpu = 0.0
             for first in range(0, len(targets), FANOUT_CHUNK):
                 cpu_started = time.process_time()
                 for conn in targets[first:first + FANOUT_CHUNK]:
                     session = conn.session
-                    if session.vardiff.since <= retarget_cutoff:   # this miner's own lines (retarget due, or solo)
+                    if session.vardiff.since <= retarget_cutoff:   # a retarget may be due: this miner's own lines
                         conn.outbox.send(b"".join(session.broadcast_lines(job)))
+                    elif solo:   # the variant paying this miner's address, encoded once per address (see Job)
+                        if session.payout_script is not None:
+                            conn.outbox.send(job.for_payout(session.payout_script).notify_line())
                     else:   # the common case, kept lean: the shared line, one send
                         conn.outbox.send(line)
                 cpu += time.process_time() - cpu_started

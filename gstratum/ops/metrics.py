@@ -9,14 +9,19 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from gstratum import __version__
 from gstratum.protocol.rpc import StratumCode
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 SHARE_RESULTS = {None: "accepted", StratumCode.OTHER: "invalid", StratumCode.JOB_NOT_FOUND: "stale",
                  StratumCode.DUPLICATE_SHARE: "duplicate", StratumCode.LOW_DIFFICULTY: "low_difficulty",
                  StratumCode.UNAUTHORIZED: "unauthorized", StratumCode.NOT_SUBSCRIBED: "not_subscribed"}
 FANOUT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# process_* of the process serving /metrics (with --workers: the supervisor); made once, it reads /proc per scrape
+PROCESS = ProcessCollector(registry=None)
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Metrics:
     db_write: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
     gc_pause: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
     gc_longest: float = 0.0                            # seconds, the longest collector pause so far
+    loop_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
     gbt_latency: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
     block_submit_delay: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
     block_results: dict = field(default_factory=dict)  # "accepted" / "rejected" -> count
@@ -70,7 +76,8 @@ class Metrics:
                 "blocks": self.blocks, "jobs": self.jobs,
                 "job_publish_failures": self.job_publish_failures, "accepted_difficulty": self.accepted_difficulty,
                 "gbt_latency": self.gbt_latency.as_dict(), "block_submit_delay": self.block_submit_delay.as_dict(),
-                "block_results": dict(self.block_results), "chain_height": self.chain_height, "dropped": dict(self.dropped),
+                "block_results": dict(self.block_results), "chain_height": self.chain_height,
+                "loop_lag": self.loop_lag.as_dict(), "dropped": dict(self.dropped),
                 "fanout": self.fanout.as_dict(), "db_write": self.db_write.as_dict(),
                 "gc_pause": self.gc_pause.as_dict()}
 
@@ -141,6 +148,8 @@ class PoolCollector:
         for result in ("accepted", "rejected"):
             blocks.add_metric([result], sum(s["counters"].get("block_results", {}).get(result, 0) for s in snaps))
         yield blocks
+        yield _histogram("gstratum_event_loop_lag_seconds", "How late a 5 ms timer fires: the event loop's stalls "
+                         "as every miner feels them.", [s["counters"] for s in snaps], "loop_lag")
         yield _histogram("gstratum_getblocktemplate_seconds", "getblocktemplate round trips.",
                          [s["counters"] for s in snaps], "gbt_latency")
         yield _histogram("gstratum_block_submit_delay_seconds", "From a block-meeting share to its submitblock "
@@ -165,3 +174,7 @@ class PoolCollector:
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], total(key))
             yield gauge
+        info = GaugeMetricFamily("gstratum_build_info", "The running release (always 1).", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield from PROCESS.collect()

@@ -197,6 +197,11 @@ class Session:
         lines = []
         if self.services.payout_for is not None:
             lines = self._solo_payout(worker, req.id)
+        requested = password_difficulty(req.params[1] if len(req.params) > 1 else None)
+        if requested is not None:       # d=NUMBER in the password: this miner's start difficulty, within bounds
+            self.suggested = requested
+            if self.subscribed and self._bounded(requested) != self.difficulty:
+                lines += self._retarget_lines(self._bounded(requested))
         self.workers.add(worker)
         self.services.metrics.authorizes += 1
         self.services.recorder.authorized(self.connection_id, worker, self.remote_addr, True)
@@ -385,6 +390,24 @@ _HANDLERS = {
     "mining.get_transactions": Session.get_transactions,
     "client.get_version": Session.get_version,
 }
+
+
+_PASSWORD_DIFFICULTY = re.compile(r"(?:^|[,; ])(?:d|diff)=([0-9.eE+-]+)(?:$|[,; ])")
+
+
+def password_difficulty(password) -> float | None:
+    """`d=NUMBER` (or `diff=`) among the password's comma, semicolon or space separated options, as NiceHash-style
+    rentals send it; None when absent or not a positive number."""
+    if not isinstance(password, str):
+        return None
+    match = _PASSWORD_DIFFICULTY.search(password[:256])
+    if match is None:
+        return None
+    try:
+        value = float(match.group(1))
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None
 
 
 def _is_hex(text: str) -> bool:

@@ -25,12 +25,18 @@ class VardiffPolicy:
 
 
 class Vardiff:
-    __slots__ = ("policy", "since", "shares")
+    """One miner's window. After a decrease, the next window must show the share rate going up; if it did not
+    (a proxy that clamps every difficulty below 1 up to 1, firmware with a floor of its own), the difficulty is not
+    lowered again: lowering it further would only credit the same work at ever smaller difficulties."""
+
+    __slots__ = ("policy", "since", "shares", "rate_when_lowered", "unresponsive")
 
     def __init__(self, policy: VardiffPolicy, now: float) -> None:
         self.policy = policy
         self.since = now
         self.shares = 0
+        self.rate_when_lowered: float | None = None   # shares/s in the window that led to the last decrease
+        self.unresponsive = False
 
     def reset(self, now: float) -> None:
         self.since = now
@@ -48,12 +54,23 @@ class Vardiff:
         if elapsed < policy.retarget_after:
             return None
         wanted_shares = elapsed / policy.target_interval
+        rate = self.shares / elapsed
+        if self.rate_when_lowered is not None:        # the window after a decrease: did the miner follow?
+            self.unresponsive = rate <= self.rate_when_lowered * 1.25
+            self.rate_when_lowered = None
         # With no share at all, assume we are at least max_step too hard only after a long silence.
         ratio = max(self.shares, 0.5) / wanted_shares
         if 1 / policy.tolerance <= ratio <= policy.tolerance:
             self.reset(now)
             return None
         ratio = min(max(ratio, 1 / policy.max_step), policy.max_step)
+        if ratio < 1:
+            if self.unresponsive:
+                self.reset(now)
+                return None
+            self.rate_when_lowered = rate
+        else:
+            self.unresponsive = False
         new = min(max(difficulty * ratio, policy.min_difficulty), policy.max_difficulty)
         self.reset(now)
         if new == difficulty:
