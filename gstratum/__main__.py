@@ -48,13 +48,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     worker = os.environ.get(WORKER_ENV)
     # sharing the port was asked for: by --takeover, by the supervisor (a worker) or by a predecessor (SIGHUP)
     share = bool(args.takeover or worker or os.environ.get(takeover.PREDECESSOR_ENV))
+    from gstratum.net.tls import TlsContext, TlsError
+
+    specs = cfg.listeners()
     try:
-        listener = takeover.open_listener(cfg.host, cfg.port, share)
+        tls = [TlsContext(spec.tls_cert, spec.tls_key) if spec.tls else None for spec in specs]
+        sockets = takeover.open_stratum_listeners([(spec.host, spec.port) for spec in specs], share)
         http_listener = (takeover.open_listener(cfg.http_host, cfg.http_port, share)
                          if cfg.http_port and not worker else None)
-    except (takeover.PortInUse, OSError) as exc:
+    except (TlsError, takeover.PortInUse, OSError) as exc:
         log.error("start-up failed: %s", exc)
         return 1
+    listener = list(zip(sockets, tls))
     embedded = _embedded_postgres(cfg)
     try:
         return _serve(cfg, args, listener, http_listener, embedded, worker)
@@ -95,7 +100,7 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
 
     def request_successor(signum):
         log.info("signal SIGHUP: starting a successor to take over")
-        successors.append(takeover.spawn_successor(listener))
+        successors.append(takeover.spawn_successor(sockets_of(listener)))
 
     def request_drain(signum):
         log.info("signal SIGUSR1: a successor is listening; draining")
@@ -142,6 +147,10 @@ def _serve(cfg, args, listener, http_listener, embedded, worker: str | None) -> 
     return 0
 
 
+def sockets_of(listeners: list[tuple]) -> list:
+    return [sock for sock, _ in listeners]
+
+
 def _dump_greenlets() -> None:
     """SIGUSR2: log every greenlet's stack, for an operator chasing a stall."""
     from gevent.util import format_run_info
@@ -155,7 +164,8 @@ def _run_workers(cfg) -> int:
     from gstratum.net.supervisor import supervise
 
     try:   # the workers share the port among themselves, not with another server
-        takeover.open_listener(cfg.host, cfg.port, share=False).close()
+        for spec in cfg.listeners():
+            takeover.open_listener(spec.host, spec.port, share=False).close()
     except (takeover.PortInUse, OSError) as exc:
         log.error("start-up failed: %s", exc)
         return 1

@@ -7,6 +7,7 @@ live sessions that both the server and the sessions use.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -26,7 +27,7 @@ from gstratum.mining import bitcoin
 from gstratum.mining.jobs import JobBook, RandomJobSource
 from gstratum.node.rpc import NodeClient, Nodes
 from gstratum.node.work import BlockKeeper, BlockSubmitter, NodeWork
-from gstratum.net.server import StratumServer
+from gstratum.net.server import Port, StratumServer
 from gstratum.ops import http
 from gstratum.ops.admin import AdminActions
 from gstratum.ops.metrics import Metrics
@@ -56,10 +57,11 @@ def network_target(job) -> int:
 class Pool:
     """The whole server process: database, writer, allocator, cluster bus, job stream, Stratum listener, HTTP.
 
-    `listener` (and `http_listener`) are bound by the caller before anything else, so a busy port fails at once.
+    `listeners` (one bound socket per `config.listeners()`, with its TLS context or None) and `http_listener` are
+    opened by the caller before anything else, so a busy port or a bad certificate fails at once.
     `snapshot_dir`: a `--workers` worker leaves its live numbers there for the supervisor, which serves HTTP."""
 
-    def __init__(self, config: Config, database_url: str, listener, http_listener=None,
+    def __init__(self, config: Config, database_url: str, listeners: list[tuple], http_listener=None,
                  snapshot_dir: Path | None = None) -> None:
         cfg = self.config = config
         self.snapshot_dir = snapshot_dir
@@ -88,8 +90,12 @@ class Pool:
             difficulty=cfg.difficulty, extranonce2_size=cfg.extranonce2_size, vardiff=vardiff,
             network_target=network_target, on_block=self._on_block, resumption=self.resumption,
             payout_for=self._solo_payout if cfg.solo else None)
-        self.server = StratumServer(cfg, listener, functools.partial(Session, services), self.recorder, self.metrics,
-                                    vardiff, self.resumption)
+        ports = []
+        for spec, (sock, tls) in zip(cfg.listeners(), listeners):   # each port: its own difficulty bounds
+            port_services = dataclasses.replace(services, difficulty=spec.difficulty, vardiff=dataclasses.replace(
+                vardiff, min_difficulty=spec.min_difficulty))
+            ports.append(Port(sock, functools.partial(Session, port_services), tls))
+        self.server = StratumServer(cfg, ports, self.recorder, self.metrics, vardiff, self.resumption)
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
                                  witness_commitment=bool(cfg.witness_commitment))

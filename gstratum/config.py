@@ -6,6 +6,7 @@ the code can trust it; a bad value stops start-up with a ConfigError naming the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, fields
@@ -14,6 +15,23 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """A setting has a value the server cannot run with."""
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """One Stratum port: its own start and minimum difficulty (a low one for small devices, a high one for
+    rentals), and TLS (stratum+ssl) when a PEM certificate and key are given."""
+
+    host: str = "0.0.0.0"
+    port: int = 3333
+    difficulty: float | None = None        # default: the pool's --difficulty
+    min_difficulty: float | None = None    # default: the pool's --min-difficulty
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True)
@@ -27,7 +45,7 @@ class Config:
     pgdata: Path = Path(".gstratum/pgdata")
     notify_interval: float = 30.0
     difficulty: float = 1.0
-    min_difficulty: float = 1e-10
+    min_difficulty: float | None = None   # default: the starting difficulty or 1, whichever is lower
     max_difficulty: float = 2.0**40
     extranonce2_size: int = 4
     max_line: int = 16 * 1024
@@ -82,8 +100,11 @@ class Config:
     template_refresh: float = 30.0    # seconds between fresh templates (new fees) on the same block
     max_template_age: float = 120.0   # older than this, the node's work is not fresh: not ready
     block_poll: float = 1.0           # getbestblockhash every this many seconds, beside ZMQ
+    listen: tuple[ListenSpec, ...] = ()   # [[listen]] tables of the config file; empty: one port, host/port
 
     def __post_init__(self) -> None:
+        if self.min_difficulty is None:   # vardiff never drives a miner below where it started (or 1) unasked
+            object.__setattr__(self, "min_difficulty", min(1.0, self.difficulty))
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
         _check(self.notify_interval > 0, "notify_interval", "must be > 0")
         _check(1e-12 <= self.min_difficulty <= self.max_difficulty, "min_difficulty",
@@ -122,9 +143,27 @@ class Config:
         _check(self.template_refresh > 0 and self.max_template_age > self.template_refresh, "template_refresh",
                "must be > 0 and below max_template_age")
         _check(self.block_poll > 0, "block_poll", "must be > 0")
+        for spec in self.listen:
+            _check(0 <= spec.port <= 65535, "listen.port", f"{spec.port} must be 0..65535")
+            _check((spec.tls_cert is None) == (spec.tls_key is None), "listen", "tls_cert and tls_key go together")
+            _check(not (spec.tls and self.proxy_protocol), "listen",
+                   f"port {spec.port}: TLS with --proxy-protocol is not supported (terminate TLS at the balancer)")
+            low = spec.min_difficulty if spec.min_difficulty is not None else self.min_difficulty
+            start = spec.difficulty if spec.difficulty is not None else self.difficulty
+            _check(0 < low <= start <= self.max_difficulty, "listen.difficulty",
+                   f"port {spec.port}: difficulty {start} must be within [min_difficulty {low}, max_difficulty]")
+
         for name in ("database_url", "listen_database_url"):
             url = getattr(self, name)
             _check(url is None or url.startswith(("postgres://", "postgresql://")), name, "must be a postgresql:// URL")
+
+    def listeners(self) -> tuple[ListenSpec, ...]:
+        """Every Stratum port, each with its difficulty bounds filled in from the pool's."""
+        specs = self.listen or (ListenSpec(self.host, self.port),)
+        return tuple(ListenSpec(s.host, s.port, s.difficulty if s.difficulty is not None else self.difficulty,
+                                s.min_difficulty if s.min_difficulty is not None else self.min_difficulty,
+                                s.tls_cert, s.tls_key) for s in specs)
+
 
 
 def _is_hex(text: str, length: int | None = None) -> bool:
@@ -147,7 +186,7 @@ def _check(ok: bool, name: str, why: str) -> None:
 def _convert(name: str, kind, raw):
     if str(kind) == "tuple[str, ...]":   # repeated flags arrive as a list, the environment as a comma list
         return tuple(raw) if isinstance(raw, (list, tuple)) else tuple(v.strip() for v in str(raw).split(",") if v.strip())
-    converter = {"int": int, "float": float, "str": str, "Path": Path, "str | None": str,
+    converter = {"int": int, "float": float, "float | None": float, "str": str, "Path": Path, "str | None": str,
                  "Path | None": Path}.get(str(kind), str)
     try:
         return converter(raw)
@@ -181,7 +220,7 @@ def from_sources(flags: argparse.Namespace | None = None, env: dict | None = Non
         raise ConfigError(f"{config_file}: {exc}" if config_file else str(exc)) from None
 
 
-_TOML_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "str | None": (str,), "Path": (str,),
+_TOML_TYPES = {"int": (int,), "float": (int, float), "float | None": (int, float), "str": (str,), "str | None": (str,), "Path": (str,),
                "Path | None": (str,), "tuple[str, ...]": (list, str)}
 
 
@@ -198,6 +237,8 @@ def read_file(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     known = {field.name: field for field in fields(Config)}
     values = {}
+    if "listen" in data:
+        values["listen"] = _listen_tables(path, data.pop("listen"))
     for key, raw in data.items():
         field = known.get(key)
         if field is None:
@@ -214,6 +255,24 @@ def read_file(path: Path) -> dict:
     return values
 
 
+def _listen_tables(path: Path, tables) -> tuple[ListenSpec, ...]:
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: listen must be [[listen]] tables")
+    kinds = {"host": str, "port": int, "difficulty": (int, float), "min_difficulty": (int, float), "tls_cert": str,
+             "tls_key": str}
+    specs = []
+    for number, table in enumerate(tables, 1):
+        for key, raw in table.items():
+            if key not in kinds:
+                raise ConfigError(f"{path}: listen #{number}: unknown key {key!r} (one of {', '.join(kinds)})")
+            if isinstance(raw, bool) or not isinstance(raw, kinds[key]):
+                raise ConfigError(f"{path}: listen #{number}: {key} has the wrong type: {raw!r}")
+        values = {k: (Path(v) if k.startswith("tls_") else float(v) if "difficulty" in k else v)
+                  for k, v in table.items()}
+        specs.append(ListenSpec(**values))
+    return tuple(specs)
+
+
 def effective(config: Config) -> dict:
     """Every setting with its value, secrets masked (`python -m gstratum config --print`)."""
     out = {}
@@ -224,7 +283,9 @@ def effective(config: Config) -> dict:
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+            value = [{k: str(x) if isinstance(x, Path) else x for k, x in v.items()} if isinstance(v, dict) else v
+                     for v in value]
         out[field.name] = value
     return out
 
@@ -245,7 +306,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--pgdata", type=Path, help="data folder of the embedded PostgreSQL (default .gstratum/pgdata)")
     add("--notify-interval", dest="notify_interval", type=float, help="seconds between new jobs (default 30)")
     add("--difficulty", type=float, help="starting share difficulty of every miner (default 1)")
-    add("--min-difficulty", dest="min_difficulty", type=float, help="lowest difficulty (default 1e-10)")
+    add("--min-difficulty", dest="min_difficulty", type=float,
+        help="lowest difficulty vardiff may set (default: --difficulty or 1, whichever is lower)")
+    add("--extranonce2-size", dest="extranonce2_size", type=int,
+        help="extranonce2 bytes given to miners, 2..8 (default 4; 8 for a proxy that splits it among devices)")
     add("--max-difficulty", dest="max_difficulty", type=float, help="highest difficulty")
     add("--max-connections", dest="max_connections", type=int, help="connection cap (default 20000)")
     add("--max-line", dest="max_line", type=int, help="longest accepted request line in bytes (default 16384)")

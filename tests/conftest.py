@@ -134,14 +134,25 @@ class ServerProcess:
         self._wait_listening()
 
     def _wait_listening(self, timeout: float = 30.0) -> None:
+        """Until /healthz answers: the HTTP side port starts after every Stratum port listens."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if "stratum listening" in self.log():
+            if self.healthy():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"server did not start listening within {timeout}s:\n{self.log()}")
+
+    def healthy(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

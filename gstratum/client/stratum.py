@@ -11,6 +11,7 @@ import itertools
 import logging
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,9 +109,13 @@ def _is_hex(text: str) -> bool:
 class StratumClient:
     """One connection to a Stratum server. Calls wait for their reply; notifications are handled on the way."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0, source_address: tuple | None = None) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 10.0, source_address: tuple | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: a client context for a stratum+ssl port (its check of the server's certificate is the caller's)."""
         self.sock = socket.create_connection((host, port), timeout=timeout, source_address=source_address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.timeout = timeout
         self._buffer = b""
         self._ids = itertools.count(1)
@@ -160,7 +165,7 @@ class StratumClient:
                 self.sock.setblocking(False)
                 try:
                     data = self.sock.recv(65536)
-                except (BlockingIOError, InterruptedError):
+                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                     return count
                 finally:
                     self.sock.setblocking(True)

@@ -2,9 +2,13 @@
 the job broadcast and a graceful stop."""
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import ssl
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import gevent
 import gevent.lock
@@ -13,6 +17,7 @@ from gevent.server import StreamServer
 
 from gstratum.config import Config
 from gstratum.net.connection import SHUTDOWN, Connection
+from gstratum.net.tls import TlsContext
 from gstratum.greenlets import LoggedPool, spawn_logged, stop_greenlet
 from gstratum.protocol.limits import CostPolicy
 from gstratum.protocol.vardiff import VardiffPolicy
@@ -43,17 +48,29 @@ def _abort_later(conn: Connection, seconds: float) -> None:
     conn.abort("reconnect requested (takeover)")
 
 
-class StratumServer:
-    """Accepts miners on `listener` (bound by the caller, so a busy port fails before anything starts), runs one
-    Session per connection (from `session_factory`), broadcasts jobs, drains to a successor, applies admin actions."""
+@dataclass(frozen=True)
+class Port:
+    """One Stratum port: its listening socket (bound by the caller, so a busy port fails before anything starts),
+    the factory of its sessions (its own start difficulty) and, for stratum+ssl, its TLS context."""
 
-    def __init__(self, config: Config, listener, session_factory, recorder, metrics, vardiff: VardiffPolicy,
+    sock: object
+    session_factory: Callable          # (connection id, remote address) -> Session
+    tls: TlsContext | None = None
+
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+class StratumServer:
+    """Accepts miners on its ports, runs one Session per connection, broadcasts jobs, drains to a successor, applies
+    admin actions."""
+
+    def __init__(self, config: Config, ports: list[Port], recorder, metrics, vardiff: VardiffPolicy,
                  resumption=None, clock=time.time) -> None:
         self.config = config
         self.vardiff = vardiff
         self.clock = clock
-        self.listener = listener
-        self.session_factory = session_factory      # (connection id, remote address) -> Session
+        self.ports = ports
         self.recorder = recorder
         self.metrics = metrics
         self.resumption = resumption                # gstratum.storage.resumption.Resumption, or None
@@ -61,7 +78,7 @@ class StratumServer:
         self.subscribed: set[Connection] = set()
         self.writers = gevent.pool.Group()  # outbox flushers of miners whose socket buffer was full
         self.handlers = LoggedPool(config.max_connections + 256)  # headroom so over-cap connections can be refused
-        self._server: StreamServer | None = None
+        self._servers: list[StreamServer] = []
         self.cost_policy = CostPolicy(soft=config.cost_soft, hard=config.cost_hard)
         self.per_ip: dict[str, int] = {}
         self._sweeper = None
@@ -69,13 +86,20 @@ class StratumServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.listener.getsockname()[:2]
+        """The first port's address (logs, tests, the default port of client.reconnect)."""
+        return self.ports[0].sock.getsockname()[:2]
+
+    @property
+    def listeners(self) -> list:
+        return [port.sock for port in self.ports]
 
     def start(self) -> None:
-        self._server = StreamServer(self.listener, self._handle, spawn=self.handlers)
-        self._server.start()
+        for port in self.ports:
+            server = StreamServer(port.sock, functools.partial(self._handle, port), spawn=self.handlers)
+            server.start()
+            self._servers.append(server)
+            log.info("stratum%s listening on %s:%d", "+ssl" if port.tls else "", *port.sock.getsockname()[:2])
         self._sweeper = spawn_logged(self._sweep_forever, name="sweeper")
-        log.info("stratum listening on %s:%d", *self.address)
 
     def dropped(self, reason: str) -> None:
         self.metrics.drop(reason)
@@ -111,7 +135,18 @@ class StratumServer:
             log.warning("closing %s:%s: no PROXY protocol header within %.0fs", address[0], address[1], timeout)
         return None
 
-    def _handle(self, sock, address) -> None:
+    def _tls_handshake(self, port: Port, sock, address):
+        """The TLS socket, or None when the handshake fails or stalls: that costs this one connection only."""
+        try:
+            tls = port.tls.current().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            with gevent.Timeout(TLS_HANDSHAKE_TIMEOUT):
+                tls.do_handshake()
+            return tls
+        except (ssl.SSLError, OSError, gevent.Timeout) as exc:
+            log.info("TLS handshake with %s:%s failed: %s", address[0], address[1], exc or "timeout")
+            return None
+
+    def _handle(self, port: Port, sock, address) -> None:
         initial = b""
         if self.config.proxy_protocol:
             header = self._read_proxy_header(sock, address)
@@ -127,11 +162,20 @@ class StratumServer:
         if self.config.socket_sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_sndbuf)
         _keep_alive(sock, self.config.keepalive)
+        local_port = port.sock.getsockname()[1]
+        if port.tls is not None:
+            sock = self._tls_handshake(port, sock, address)
+            if sock is None:
+                self.dropped("tls handshake")
+                self.per_ip[remote_addr] -= 1
+                if not self.per_ip[remote_addr]:
+                    del self.per_ip[remote_addr]
+                return
         connection_id = self.recorder.new_id()
-        session = self.session_factory(connection_id, remote_addr)
-        conn = Connection(self, sock, address, connection_id, session)
+        session = port.session_factory(connection_id, remote_addr)
+        conn = Connection(self, sock, address, connection_id, session, tls=port.tls is not None)
         self.connections.add(conn)
-        self.recorder.connection_opened(connection_id, remote_addr, remote_port, self.address[1])
+        self.recorder.connection_opened(connection_id, remote_addr, remote_port, local_port)
         log.debug("connected %s from %s:%d", connection_id, remote_addr, remote_port)
         conn.serve(initial)
 
@@ -226,8 +270,8 @@ class StratumServer:
         seconds so they do not all arrive at once), close those that do not leave by themselves, and return when
         all are gone or `deadline` seconds have passed."""
         started = time.monotonic()
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         conns = sorted(self.connections, key=lambda c: not c.session.subscribed)
         step = period / max(len(conns), 1)
         line = rpc.encode_notification("client.reconnect", self.reconnect_params())
@@ -293,9 +337,9 @@ class StratumServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, then close every miner (each close is recorded)."""
-        if self._server is not None:
-            self._server.close()
-            stop_greenlet(self._sweeper)
+        for server in self._servers:
+            server.close()
+        stop_greenlet(self._sweeper)
         for conn in list(self.connections):
             conn.abort(SHUTDOWN)
         self.handlers.join(timeout=timeout)

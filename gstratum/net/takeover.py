@@ -31,18 +31,26 @@ class PortInUse(RuntimeError):
     """The port is held by another process and sharing it was not asked for."""
 
 
+def open_stratum_listeners(addresses: list[tuple[str, int]], share: bool) -> list:
+    """The Stratum ports' listening sockets: the ones a predecessor handed over (SIGHUP), in the same order, else
+    bound here (see open_listener)."""
+    inherited = os.environ.pop(LISTEN_FD_ENV, None)
+    if inherited is not None:
+        fds = [int(fd) for fd in inherited.split(",")]
+        if len(fds) == len(addresses):
+            log.info("listening sockets inherited from the previous process (fds %s)", inherited)
+            return [gevent.socket.socket(fileno=fd) for fd in fds]
+        log.warning("the predecessor handed over %d sockets for %d ports: binding anew", len(fds), len(addresses))
+    return [open_listener(host, port, share) for host, port in addresses]
+
+
 def open_listener(host: str, port: int, share: bool, backlog: int = 2048):
-    """A listening socket: inherited from a predecessor that handed it over (SIGHUP), else bound here.
+    """A listening socket bound here.
 
     One server per port unless sharing was asked for (`--workers`, `--takeover`, a successor): without `share` the
     bind is tried without SO_REUSEPORT, so a port another server holds is refused at once (PortInUse, naming the
     holder) instead of silently splitting its miners with it. SO_REUSEPORT is then set before listen(), so that a
     later `--takeover` or successor may still bind beside this socket."""
-    inherited = os.environ.pop(LISTEN_FD_ENV, None)
-    if inherited is not None:
-        sock = gevent.socket.socket(fileno=int(inherited))
-        log.info("listening socket inherited from the previous process (fd %s)", inherited)
-        return sock
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = gevent.socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -88,12 +96,13 @@ def port_holders(port: int) -> list[tuple[int, str]]:
     return holders
 
 
-def spawn_successor(listener) -> subprocess.Popen:
-    """Start `python -m gstratum <same arguments>` with our listening socket; it signals us when it listens."""
-    fd = listener.fileno()
-    os.set_inheritable(fd, True)
-    env = dict(os.environ, **{LISTEN_FD_ENV: str(fd), PREDECESSOR_ENV: str(os.getpid())})
-    child = subprocess.Popen([sys.executable, "-m", "gstratum", *sys.argv[1:]], env=env, pass_fds=(fd,),
+def spawn_successor(listeners: list) -> subprocess.Popen:
+    """Start `python -m gstratum <same arguments>` with our listening sockets; it signals us when it listens."""
+    fds = [listener.fileno() for listener in listeners]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    env = dict(os.environ, **{LISTEN_FD_ENV: ",".join(map(str, fds)), PREDECESSOR_ENV: str(os.getpid())})
+    child = subprocess.Popen([sys.executable, "-m", "gstratum", *sys.argv[1:]], env=env, pass_fds=tuple(fds),
                              start_new_session=True)
     log.info("takeover: started successor pid %d", child.pid)
     return child
