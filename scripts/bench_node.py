@@ -90,6 +90,7 @@ class Pool:
         deadline = time.monotonic() + 60
         while "stratum listening" not in self.log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()          # never leave the node or the database behind
                 raise SystemExit(f"server did not start:\n{self.log()}")
             time.sleep(0.1)
 
@@ -111,8 +112,9 @@ class Pool:
                 re.findall(r'gstratum_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text)}
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
         self.node.stop()
         self.embedded.release()
 

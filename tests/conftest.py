@@ -131,7 +131,11 @@ class ServerProcess:
                "--http-port", str(self.http_port), "--cluster", cluster or new_cluster_name(), *args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self._wait_listening()
+        try:
+            self._wait_listening()
+        except RuntimeError:
+            self.stop(signal.SIGKILL)     # a server that never became ready must not outlive the test
+            raise
 
     def _wait_listening(self, timeout: float = 30.0) -> None:
         """Until /healthz answers: the HTTP side port starts after every Stratum port listens."""

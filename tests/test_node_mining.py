@@ -85,7 +85,7 @@ def test_pool_mode_mines_blocks_the_node_accepts_paying_the_pool(node, start_ser
 
 def test_solo_mode_pays_each_miner_its_own_address_and_refuses_a_bad_one(node, start_server, db):
     server = start_server(*node_flags(node, "--solo", "--solo-fee", "2", "--payout-address", POOL_ADDRESS))
-    worker = f"{MINER_ADDRESS}.rig1"
+    worker = f"{MINER_ADDRESS}.rig{time.time_ns()}"
     with StratumClient(server.host, server.port) as bad:
         bad.subscribe()
         with pytest.raises(StratumRejected) as refused:

@@ -13,11 +13,16 @@ pytestmark = pytest.mark.integration
 
 
 def test_pip_install_gives_a_working_gstratum_command(tmp_path):
+    import shutil
+
+    source = tmp_path / "source"     # setuptools builds inside the project folder: never in the checkout itself
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", ".gstratum", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
     target = tmp_path / "site"
     # --no-deps: the dependencies are the ones this venv already has (requirements.txt); what is checked here is
     # the package itself: its modules, data files and console script
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                             "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300,
+                             "--target", str(target), str(source)], capture_output=True, text=True, timeout=300,
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     installed = target / "gstratum"
