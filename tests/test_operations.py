@@ -17,7 +17,7 @@ from gstratum.storage.db import Database
 from gstratum.client.work import mine
 from gstratum.storage.retention import Retention, partition_name, plan
 
-from .conftest import ROOT, query
+from .conftest import ROOT, query, wait_until
 
 TOKEN = "test-admin-token-0123456789"
 
@@ -71,9 +71,8 @@ def test_api_agrees_with_the_database(start_server, db):
     worker = f"api.{time.time_ns()}"
     with server.miner(worker) as client:
         report = mine(client, worker, duration=2)
-        time.sleep(0.5)   # the writer's interval
+        one = wait_until(lambda: get(server, f"/api/workers/{worker}"), lambda w: w["accepted"] == report.accepted)
         pool = get(server, "/api/pool")
-        one = get(server, f"/api/workers/{worker}")
     raw = query(db, "SELECT count(*), sum(difficulty) FROM shares WHERE worker = %s AND accepted", worker)[0]
     assert one["accepted"] == raw[0] == report.accepted
     assert one["connections"] == 1 and one["difficulty"] == 0.00002
@@ -110,9 +109,8 @@ def test_admin_actions_reach_the_right_miners_and_need_the_token(start_server, d
             while True:
                 alice.read_message(5)
         assert bob.authorize("bob.rig") is True
-    time.sleep(0.3)
-    actions = query(db, "SELECT action, target FROM admin_actions WHERE acted_at > now() - interval '1 minute' "
-                        "ORDER BY acted_at")
+    actions = wait_until(lambda: query(db, "SELECT action, target FROM admin_actions WHERE acted_at > now() - "
+                                           "interval '1 minute' ORDER BY acted_at"), lambda rows: len(rows) >= 4)
     assert [a for a, _ in actions][-4:] == ["message", "difficulty", "reconnect", "disconnect"]
 
 
@@ -143,12 +141,12 @@ def test_retention_plan_and_rotation(schema, db):
     database.close()
 
 
-def test_stats_cli_and_json_logs(start_server, schema):
+def test_stats_cli_and_json_logs(start_server, schema, db):
     server = start_server("--difficulty", "0.00002", "--log-format", "json")
     worker = f"cli.{time.time_ns()}"
     with server.miner(worker) as client:
         mine(client, worker, duration=1.5)
-    time.sleep(0.3)
+    wait_until(lambda: query(db, "SELECT count(*) FROM worker_minutes WHERE worker = %s", worker), lambda r: r[0][0] > 0)
     out = subprocess.run([sys.executable, "-m", "gstratum", "stats", "--database-url", schema, "--top", "500"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

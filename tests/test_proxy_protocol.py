@@ -104,9 +104,9 @@ backend pool
         ids = [{m["params"][0] for m in (c.wait_for("mining.notify", after=2, timeout=10) and
                                          c.state.notifications) if m["method"] == "mining.notify"} for c in clients]
         assert set.intersection(*ids), ids
-        time.sleep(0.5)
-        rows = query(db, "SELECT host(c.remote_addr), c.server_id FROM connections c JOIN subscriptions s "
-                         "ON s.connection_id = c.id WHERE s.extranonce1 = ANY(%s)", [s.extranonce1 for s in subs])
+        rows = wait_until(lambda: query(db, "SELECT host(c.remote_addr), c.server_id FROM connections c JOIN "
+                                            "subscriptions s ON s.connection_id = c.id WHERE s.extranonce1 = ANY(%s)",
+                                        [s.extranonce1 for s in subs]), lambda r: len(r) == 6)
         assert sorted(r[0] for r in rows) == sorted(f"127.0.0.{10 + i}" for i in range(6))
         assert len({r[1] for r in rows}) == 2     # both servers took miners
         for c in clients:

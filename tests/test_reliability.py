@@ -10,7 +10,7 @@ import pytest
 
 from gstratum.client import StratumClient, StratumRejected
 
-from .conftest import new_cluster_name, query
+from .conftest import new_cluster_name, query, wait_until
 
 
 class AuthorizingMiner(threading.Thread):
@@ -248,7 +248,7 @@ def test_outage_with_1000_miners_submitting_every_share_row_kept(start_server, e
     assert "replayed" in server.log()
 
 
-def test_resuming_on_another_process_closes_the_old_connection_there(start_server):
+def test_resuming_on_another_process_closes_the_old_connection_there(start_server, db):
     """Two live connections never share an extranonce1, even across processes: the process that resumes the
     session tells the others over NOTIFY, and the one holding the old connection closes it."""
     pool = new_cluster_name()
@@ -256,7 +256,9 @@ def test_resuming_on_another_process_closes_the_old_connection_there(start_serve
     b = start_server(cluster=pool)
     with StratumClient(a.host, a.port) as old:
         original = old.subscribe()
-        time.sleep(0.3)   # the subscription row reaches the database within the writer's 50 ms interval
+        # the other process finds the session in the database: wait for its row (the writer's 50 ms interval)
+        assert wait_until(lambda: query(db, "SELECT count(*) FROM subscriptions WHERE session_id = %s",
+                                        original.session_id), lambda r: r == [(1,)]) == [(1,)]
         with StratumClient(b.host, b.port) as new:
             assert new.subscribe("ua", original.session_id).extranonce1 == original.extranonce1
             deadline = time.monotonic() + 10

@@ -10,7 +10,7 @@ import urllib.request
 
 from gstratum.client import StratumClient
 
-from .conftest import ROOT, free_port, query
+from .conftest import ROOT, free_port, query, wait_until
 
 
 def test_two_workers_share_the_port(schema, tmp_path, db):
@@ -35,9 +35,9 @@ def test_two_workers_share_the_port(schema, tmp_path, db):
         subs = [c.subscribe() for c in clients]
         assert len({s.extranonce1 for s in subs}) == 40
         # the kernel spread the connections over both workers (each records its own server id)
-        time.sleep(1.0)
-        servers = query(db, "SELECT count(DISTINCT c.server_id) FROM connections c JOIN subscriptions s "
-                            "ON s.connection_id = c.id WHERE s.extranonce1 = ANY(%s)", [s.extranonce1 for s in subs])
+        servers = wait_until(lambda: query(db, "SELECT count(DISTINCT c.server_id) FROM connections c JOIN "
+                                               "subscriptions s ON s.connection_id = c.id WHERE s.extranonce1 = ANY(%s)",
+                                           [s.extranonce1 for s in subs]), lambda rows: rows == [(2,)])
         assert servers == [(2,)]
         # every miner gets the same next job, whichever worker it is on
         seen = []
@@ -46,8 +46,9 @@ def test_two_workers_share_the_port(schema, tmp_path, db):
             seen.append({m["params"][0] for m in c.state.notifications if m["method"] == "mining.notify"})
         assert len(set.intersection(*seen)) >= 2, seen
         # one HTTP port for the whole server: the supervisor sums both workers' snapshots
-        time.sleep(2.5)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode()
+        metrics = wait_until(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode(),
+            lambda text: "gstratum_processes 2.0" in text and "gstratum_miners_subscribed 40.0" in text)
         assert "gstratum_processes 2.0" in metrics and "gstratum_miners_subscribed 40.0" in metrics
         for c in clients:
             c.close()
