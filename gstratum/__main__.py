@@ -31,11 +31,18 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
     configure(level, fmt)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load_config(args: argparse.Namespace):
+    """The Config from flags, environment and file; None (the message printed) when it is not valid."""
     try:
-        cfg = config_module.from_sources(args)
+        return config_module.from_sources(args)
     except config_module.ConfigError as exc:
         print(f"gstratum: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if cfg is None:
         return 2
     _setup_logging(cfg.log_level, cfg.log_format)
     from gstratum.net import takeover
@@ -182,10 +189,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     """The configuration `run` would use with the same flags, file and environment, as TOML."""
     import ujson
 
-    try:
-        cfg = config_module.from_sources(args)
-    except config_module.ConfigError as exc:
-        print(f"gstratum: {exc}", file=sys.stderr)
+    cfg = _load_config(args)
+    if cfg is None:
         return 2
     for key, value in config_module.effective(cfg).items():
         print(f"# {key} = (unset)" if value is None else f"{key} = {ujson.dumps(value, escape_forward_slashes=False)}")

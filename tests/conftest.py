@@ -104,6 +104,14 @@ def wait_until(probe, until=bool, timeout: float = 10.0, every: float = 0.05):
         time.sleep(every)
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def new_cluster_name() -> str:
     """A pool namespace of its own for a test server, so no test hears another test's job stream or leader."""
     return f"t{uuid.uuid4().hex[:16]}"

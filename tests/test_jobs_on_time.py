@@ -14,7 +14,7 @@ import ujson
 
 from gstratum.client import StratumClient
 
-from .conftest import ROOT, new_cluster_name, query, wait_until
+from .conftest import ROOT, new_cluster_name, process_alive, query, wait_until
 
 
 class JobRecorder(threading.Thread):
@@ -198,17 +198,8 @@ def test_sighup_successor_carries_the_job_stream_on(start_server, db):
         import os
 
         os.kill(successor, signal.SIGTERM)
-        wait_until(lambda: _alive(successor), lambda alive: not alive, timeout=20)
+        wait_until(lambda: process_alive(successor), lambda alive: not alive, timeout=20)
 
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.integration

@@ -24,6 +24,34 @@ def v2(source: str, port: int, command: int = 1, tlv: bytes = b"") -> bytes:
     return V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(body)) + body
 
 
+def start_haproxy(tmp_path, backends: str) -> tuple[subprocess.Popen, int]:
+    """A real HAProxy in TCP mode in front of `backends` (its `server` lines): (process, front port), once it
+    accepts connections."""
+    front = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""
+global
+    maxconn 2000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend stratum
+    bind 127.0.0.1:{front}
+    default_backend pool
+backend pool
+    balance roundrobin
+{backends}
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    if not wait_until(lambda: _accepting(front), timeout=10):
+        haproxy.kill()
+        raise AssertionError("haproxy did not start")
+    return haproxy, front
+
+
 def test_v1_tcp4_and_tcp6():
     header = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 3333\r\n"
     assert parse(header + b"{") == (("198.51.100.7", 40000), len(header))
@@ -69,34 +97,9 @@ def test_behind_haproxy_two_servers_one_job_stream_real_addresses(start_server, 
     pool = new_cluster_name()
     a = start_server("--proxy-protocol", "--notify-interval", "1", cluster=pool)
     b = start_server("--proxy-protocol", "--notify-interval", "1", cluster=pool)
-    front = free_port()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(f"""
-global
-    maxconn 2000
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend stratum
-    bind 127.0.0.1:{front}
-    default_backend pool
-backend pool
-    balance roundrobin
-    server a 127.0.0.1:{a.port} send-proxy-v2
-    server b 127.0.0.1:{b.port} send-proxy
-""")
-    haproxy = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    haproxy, front = start_haproxy(tmp_path, f"    server a 127.0.0.1:{a.port} send-proxy-v2\n"
+                                             f"    server b 127.0.0.1:{b.port} send-proxy")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", front), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "haproxy did not start"
-                time.sleep(0.1)
         clients = [StratumClient("127.0.0.1", front, source_address=(f"127.0.0.{10 + i}", 0)) for i in range(6)]
         subs = [c.subscribe() for c in clients]
         assert len({s.extranonce1 for s in subs}) == 6
@@ -138,27 +141,11 @@ def test_sighup_behind_haproxy_brings_every_miner_back_through_the_front_end(sta
     from .test_takeover import ReconnectingMiner
 
     server = start_server("--proxy-protocol", "--drain-period", "1", "--notify-interval", "30")
-    front = free_port()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(f"""
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend stratum
-    bind 127.0.0.1:{front}
-    default_backend pool
-backend pool
-    server a 127.0.0.1:{server.port} send-proxy-v2
-""")
-    haproxy = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    haproxy, front = start_haproxy(tmp_path, f"    server a 127.0.0.1:{server.port} send-proxy-v2")
     successor = None
     deadline = time.monotonic() + 30
     miners = [ReconnectingMiner("127.0.0.1", front, deadline) for _ in range(10)]
     try:
-        wait_until(lambda: _accepting(front), timeout=10)
         for m in miners:
             m.start()
         assert wait_until(lambda: sum(len(m.extranonces) for m in miners), lambda n: n >= 10, timeout=15) >= 10

@@ -10,15 +10,7 @@ import time
 
 from gstratum.client import StratumClient
 
-from .conftest import wait_until
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from .conftest import process_alive, wait_until
 
 
 class ReconnectingMiner(threading.Thread):
@@ -126,7 +118,7 @@ def test_takeover_under_the_load_tool(start_server, tmp_path):
     finally:
         if successor:
             os.kill(successor, signal.SIGTERM)
-            wait_until(lambda: _alive(successor), lambda alive: not alive, timeout=30)
+            wait_until(lambda: process_alive(successor), lambda alive: not alive, timeout=30)
     report = json.loads(out.read_text())
     assert report["connect_failures"] == 0 and report["errors"] == 0
     assert report["reconnects_requested"] == 300 and report["drops"] == 0
