@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CLUSTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")   # it becomes part of channel names: keep it an identifier
 
 Handler = Callable[[dict], None]
+LEADER_CHANNEL = "leader"
 
 
 def leader_lock_key(cluster: str) -> int:
@@ -63,6 +64,9 @@ class Bus:
         self._handlers: dict[str, Handler] = {}
         self._conn = None
         self._greenlet = None
+        # "the leader left": any notification wakes the loop, whose next step tries the lock at once, so a
+        # stopping leader is replaced within a round trip instead of at the next poll
+        self._handlers[self.channel(LEADER_CHANNEL)] = lambda message: None
 
     @staticmethod
     def channel_of(cluster: str, name: str) -> str:
@@ -165,10 +169,13 @@ class Bus:
 
     def stop(self) -> None:
         stop_greenlet(self._greenlet)
+        was_leader = self.is_leader
         if self._conn is not None:
-            self._conn.close()   # releases the advisory lock at once: the next leader need not wait
+            self._conn.close()   # releases the advisory lock at once
             self._conn = None
         self.is_leader = False
+        if was_leader:           # and says so, so a follower takes over now, not at its next poll
+            self.publish(LEADER_CHANNEL, {"left": True})
 
     # -- publishing (on the pool's ordinary connections, never the LISTEN one) ------------------------------------
     def publish(self, channel: str, message: dict, statement: tuple[str, tuple] | None = None) -> bool:
