@@ -2,7 +2,12 @@
 # Before/after/bare, same hour (a commit REV in a git worktree, this tree, scripts/bench_baseline.py): handshake CPU at a 1,000/s ramp (no broadcast in the ramp) and 10,000-miner fan-out.
 set -u
 MAIN="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; PY=$MAIN/.venv/bin/python; REV=${1:?usage: scripts/bench_compare.sh REV (the commit to compare with)}
-BEFORE=$(mktemp -d)/before; trap 'git -C "$MAIN" worktree remove --force "$BEFORE" 2>/dev/null' EXIT
+BEFORE=$(mktemp -d)/before
+cleanup() {
+  git -C "$MAIN" worktree remove --force "$BEFORE" 2>/dev/null
+  $PY -c "import sys, pathlib; sys.path.insert(0, '$MAIN'); from gstratum.storage.embedded_pg import EmbeddedPostgres as E; E(pathlib.Path('$MAIN/.gstratum/bench-pgdata')).stop()"
+}
+trap cleanup EXIT
 URL=$($PY -c "import sys; sys.path.insert(0,'$MAIN'); from gstratum.storage.embedded_pg import EmbeddedPostgres as E; print(E(__import__('pathlib').Path('$MAIN/.gstratum/bench-pgdata')).start().url)")
 git -C "$MAIN" worktree add -f "$BEFORE" "$REV" >/dev/null 2>&1 || { echo "cannot check out $REV"; exit 1; }
 run() {  # name dir interval extra...
