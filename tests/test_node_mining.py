@@ -64,12 +64,17 @@ def test_pool_mode_mines_blocks_the_node_accepts_paying_the_pool(node, start_ser
     start_height = node.rpc("getblockcount")
     worker = f"pool.rig{time.time_ns()}"
     with server.miner(worker) as client:
-        report = mine(client, worker, duration=60, max_shares=4)
-    assert report.accepted >= 3, report
+        for _ in range(3):      # one block at a time: each share meets regtest's target, so wait for the clean job
+            tip = node.rpc("getbestblockhash")
+            assert mine(client, worker, duration=30, max_shares=1).accepted == 1
+            new_tip = wait_until(lambda: node.rpc("getbestblockhash"), lambda h: h != tip)
+            job = wait_until(lambda: (client.poll(), client.state.job)[1],
+                             lambda j: _display_prevhash(j[1]) == new_tip)
+            assert _display_prevhash(job[1]) == new_tip and job[8] is True      # the next template, at once
     accepted = wait_until(lambda: [r for r in pool_blocks(db, worker) if r[1] == "submitted"],
-                          lambda rows: len(rows) >= 2, timeout=20)
-    assert len(accepted) >= 2, pool_blocks(db, worker)
-    assert node.rpc("getblockcount") >= start_height + len(accepted)
+                          lambda rows: len(rows) == 3, timeout=20)
+    assert len(accepted) == 3, pool_blocks(db, worker)
+    assert node.rpc("getblockcount") == start_height + 3
     for block_hash, status, results, reward, user in accepted:
         header = node.rpc("getblockheader", block_hash)
         assert header["confirmations"] >= 1                      # on the node's active chain
@@ -77,9 +82,6 @@ def test_pool_mode_mines_blocks_the_node_accepts_paying_the_pool(node, start_ser
         paid = [value for value, script in outputs if script == POOL_SCRIPT]
         assert paid and paid[0] == reward > 0                    # subsidy + fees, to the configured address
         assert "accepted" in results and user == "pool"
-    # every block the pool found but the node refused says why (a share on the old tip after our own block)
-    for _, status, results, _, _ in pool_blocks(db, worker):
-        assert status in ("submitted", "rejected") and results != "{}"
     assert "BLOCK " in server.log() and "submitted" in server.log()
 
 

@@ -167,9 +167,7 @@ class StratumServer:
             sock = self._tls_handshake(port, sock, address)
             if sock is None:
                 self.dropped("tls handshake")
-                self.per_ip[remote_addr] -= 1
-                if not self.per_ip[remote_addr]:
-                    del self.per_ip[remote_addr]
+                self._release_ip(remote_addr)
                 return
         connection_id = self.recorder.new_id()
         session = port.session_factory(connection_id, remote_addr)
@@ -190,16 +188,18 @@ class StratumServer:
         self.connections.discard(conn)
         if self.resumption is not None and conn.session.session_id is not None:
             self.resumption.unregister(conn.session.session_id, conn)
-        addr = conn.address[0]
+        self._release_ip(conn.address[0])
+        self.subscribed.discard(conn)
+        reason = conn.close_reason or "closed"
+        self.recorder.connection_closed(conn.id, reason, conn.session.requests)
+        log.debug("disconnected %s: %s", conn.id, reason)
+
+    def _release_ip(self, addr: str) -> None:
         left = self.per_ip.get(addr, 1) - 1
         if left > 0:
             self.per_ip[addr] = left
         else:
             self.per_ip.pop(addr, None)
-        self.subscribed.discard(conn)
-        reason = conn.close_reason or "closed"
-        self.recorder.connection_closed(conn.id, reason, conn.session.requests)
-        log.debug("disconnected %s: %s", conn.id, reason)
 
     def sweep(self) -> None:
         """Close connections that never subscribed in time, and subscribed ones that never authorized and fell

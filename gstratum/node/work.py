@@ -74,6 +74,7 @@ class NodeWork:
         self._refreshing = gevent.lock.Semaphore()
         self._greenlets: list = []
         self.tip_learnt_at: float | None = None  # perf_counter when the last new block was heard (for latency)
+        self._reason = "start"                   # what woke the refresher last (logged with the clean job)
         if bus is not None:
             bus.subscribe(BLOCKNOTIFY_CHANNEL, self._on_blocknotify)
 
@@ -174,7 +175,7 @@ class NodeWork:
         while True:
             woken = self._wake.wait(timeout=max(0.0, next_refresh - time.monotonic()))
             self._wake.clear()
-            reason = getattr(self, "_reason", "trigger") if woken else "refresh"
+            reason = self._reason if woken else "refresh"
             ok = self.refresh(reason)
             self.tip_learnt_at = None
             next_refresh = time.monotonic() + (self.template_refresh if ok else min(self.block_poll, 1.0))
