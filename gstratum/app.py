@@ -235,11 +235,8 @@ class Pool:
         started = time.monotonic()
         flushed = True
         while self._running:
-            stop = self._running.pop()
-            if stop == self.writer.stop:
-                flushed = self.writer.stop()
-            else:
-                stop()
+            if self._running.pop()() is False:   # the writer's stop: False when rows were left unwritten
+                flushed = False
         log.info("stopped in %.2fs (%s)", time.monotonic() - started,
                  "all rows written" if flushed else "ROWS NOT WRITTEN, see above")
         return flushed
