@@ -24,7 +24,9 @@ from gstratum.config import Config
 from gstratum.errors import first_line
 from gstratum.greenlets import spawn_logged
 from gstratum.mining import bitcoin
+from gstratum.mining.channel import FoundBlock, MiningCore
 from gstratum.mining.jobs import JobBook, RandomJobSource
+from gstratum.mining.ledger import ShareLedger
 from gstratum.node.rpc import NodeClient, Nodes
 from gstratum.node.work import BlockKeeper, BlockSubmitter, NodeWork
 from gstratum.net.server import Port, StratumServer
@@ -34,12 +36,12 @@ from gstratum.ops.metrics import Metrics
 from gstratum.ops.stats import PoolStats
 from gstratum.ops.tuning import watch_loop
 from gstratum.protocol.session import Services, Session
-from gstratum.protocol.vardiff import VardiffPolicy
+from gstratum.mining.vardiff import VardiffPolicy
 from gstratum.storage.allocator import SequenceAllocator
 from gstratum.storage.db import Database
 from gstratum.storage.journal import Journal
 from gstratum.storage.records import Recorder, make_server_id
-from gstratum.storage.resumption import Resumption, SessionDirectory
+from gstratum.storage.resumption import Resumption, SessionDirectory, Subscriptions
 from gstratum.storage.retention import Retention
 from gstratum.storage.writer import Writer
 
@@ -76,8 +78,9 @@ class Pool:
         self.allocator = SequenceAllocator(self.db, block=cfg.extranonce_block, wait=cfg.subscribe_wait)
         self.bus = Bus(cfg.listen_database_url or database_url, self.db, cfg.cluster, self.server_id)
         self.retention = Retention(self.db, cfg.retention_days, leadership=self.bus)
-        self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.bus)
         self.book = JobBook()
+        self.ledger = ShareLedger(self.book.prevhashes)
+        self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.ledger, self.bus)
         self.nodes = self.node_work = self.submitter = self.keeper = None
         if cfg.bitcoind:    # Bitcoin Core: every process asks the node itself, nothing is shared over the bus
             self.nodes = Nodes([NodeClient(url, cfg.bitcoind_cookie) for url in cfg.bitcoind], self.metrics)
@@ -85,17 +88,18 @@ class Pool:
         vardiff = VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
                                 retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
                                 max_difficulty=cfg.max_difficulty)
-        services = Services(
-            allocator=self.allocator, jobs=self.book, recorder=self.recorder, metrics=self.metrics, stats=self.stats,
-            difficulty=cfg.difficulty, extranonce2_size=cfg.extranonce2_size, vardiff=vardiff,
-            network_target=network_target, on_block=self._on_block, resumption=self.resumption,
-            payout_for=self._solo_payout if cfg.solo else None)
+        self.core = MiningCore(jobs=self.book, ledger=self.ledger, recorder=self.recorder, metrics=self.metrics,
+                               stats=self.stats, network_target=network_target)
+        services = Services(core=self.core, difficulty=cfg.difficulty, extranonce2_size=cfg.extranonce2_size,
+                            vardiff=vardiff, payout_for=self._solo_payout if cfg.solo else None)
         ports = []
         for spec, (sock, tls) in zip(cfg.listeners(), listeners):   # each port: its own difficulty bounds
             port_services = dataclasses.replace(services, difficulty=spec.difficulty, vardiff=dataclasses.replace(
                 vardiff, min_difficulty=spec.min_difficulty))
             ports.append(Port(sock, functools.partial(Session, port_services), tls))
-        self.server = StratumServer(cfg, ports, self.recorder, self.metrics, vardiff, self.resumption)
+        self.server = StratumServer(cfg, ports, self.recorder, self.metrics, vardiff,
+                                    Subscriptions(self.allocator, self.resumption), self.ledger, self._on_block,
+                                    self.resumption)
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
                                  witness_commitment=bool(cfg.witness_commitment))
@@ -171,8 +175,11 @@ class Pool:
                 "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent),
                 "template_age": self.template_age(), "nodes": self.node_status(), **self.readiness()}
 
-    def _on_block(self, found: dict) -> None:
+    def _on_block(self, block: FoundBlock) -> None:
         """A share met the network target: with a node, assembled and submitted; otherwise a recorded candidate."""
+        found = {"job_id": block.job_id, "height": block.height, "worker": block.worker,
+                 "block_hash": block.block_hash, "header": block.header.hex(), "job": block.job,
+                 "coinbase": block.coinbase, "connection_id": block.connection_id}
         if self.submitter is not None and found["job"].block is not None:
             self.submitter.found(found)
         else:

@@ -1271,7 +1271,7 @@ class Node:
         mintime = chain.median_time_past() + 1
         return {
             "capabilities": ["proposal"],
-            "version": TEMPLATE_VERSION,
+            "version": int(self.args.template_version, 16),
             "rules": ["csv", "!segwit", "taproot"],
             "vbavailable": {},
             "vbrequired": 0,
@@ -1812,6 +1812,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--zmq-hashblock", help="e.g. tcp://127.0.0.1:28332 (port * picks a free one)")
     parser.add_argument("--chain", choices=sorted(CHAINS), default="regtest")
     parser.add_argument("--bits", default="207fffff", help="compact target of every new block, 8 hex digits")
+    parser.add_argument("--template-version", default="20000000",
+                        help="getblocktemplate's version, 8 hex digits (30000000: a deployment signalling on bit 28, "
+                             "as a real Core v31 regtest past height 144)")
     parser.add_argument("--start-height", type=int, default=100)
     parser.add_argument("--mempool-txs", type=int, default=20)
     parser.add_argument("--witness-fraction", type=float, default=0.5)

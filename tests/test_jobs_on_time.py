@@ -177,17 +177,21 @@ def test_sighup_successor_carries_the_job_stream_on(start_server, db):
         session = client.subscription.session_id
     sighup_at = time.time()
     server.proc.send_signal(signal.SIGHUP)
-    assert server.proc.wait(30) == 0, server.log()
+    # as a miner told to reconnect: back as soon as the successor listens (the predecessor then drains), while the
+    # job the share was found on is still live (8 jobs are kept: 8 s at this interval)
+    wait_until(lambda: "a successor is listening; draining" in server.log(), timeout=30)
     successor = int(server.log().split("takeover: started successor pid ")[1].split()[0])
     try:
-        successor_port = server.port
-        with StratumClient(server.host, successor_port) as again:
+        with StratumClient(server.host, server.port) as again:
             assert again.subscribe("ua", session).session_id == session
             again.authorize("handover")
             assert again.submit("handover", share.job_id, share.extranonce2, share.ntime, share.nonce) is True
-            time.sleep(3)   # let the successor make jobs of its own as the new leader
-        rows = query(db, "SELECT extract(epoch FROM created_at)::float8, clean_jobs, server_id FROM jobs "
-                         "WHERE cluster = %s ORDER BY created_at", pool)
+        assert server.proc.wait(30) == 0, server.log()
+        jobs_of = ("SELECT extract(epoch FROM created_at)::float8, clean_jobs, server_id FROM jobs "
+                   "WHERE cluster = %s ORDER BY created_at")
+        # the successor, the new leader, makes jobs of its own: three of them after the predecessor's last
+        rows = wait_until(lambda: query(db, jobs_of, pool), lambda rows: len(rows) > 3 and len(
+            {r[2] for r in rows}) == 2 and [r[2] for r in rows[-3:]] == [rows[-1][2]] * 3, timeout=20)
         around = rows[1:]            # every job after the pool's first (the start-up job is a new block)
         assert around and around[0][0] < sighup_at
         assert len({r[2] for r in around}) == 2, around          # both processes made jobs

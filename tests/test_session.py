@@ -5,12 +5,7 @@ import ujson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gstratum.storage.allocator import MemoryAllocator
-from gstratum.mining.jobs import JobBook, RandomJobSource
-from gstratum.storage.records import Recorder
-from gstratum.ops.metrics import Metrics
-from gstratum.ops.stats import PoolStats
-from gstratum.protocol.session import Services, Session
+from .sessions import Harness
 
 
 class Clock:
@@ -21,21 +16,19 @@ class Clock:
         return self.now
 
 
+HARNESSES = {}
+
+
 def make_session(difficulty: float = 1.0, **kwargs):
-    rows: list[tuple[str, tuple]] = []
-    clock = Clock()
-    book = JobBook()
-    source = RandomJobSource(clock=clock)
-    book.add(source.next_job(clean_jobs=True))
-    services = Services(allocator=MemoryAllocator(), jobs=book, recorder=Recorder(lambda t, r: rows.append((t, r)),
-                        "test-server", clock=clock), metrics=Metrics(), stats=PoolStats(), difficulty=difficulty,
-                        clock=clock, **kwargs)
-    return Session(services, "00000000000000000000000000000001", "192.0.2.7"), rows, source
+    harness = Harness(difficulty=difficulty, clock=Clock(), **kwargs)
+    session = harness.session("00000000000000000000000000000001", "192.0.2.7")
+    HARNESSES[id(session)] = harness
+    return session, harness.rows, harness.source
 
 
 def call(session, method, params, request_id=1):
     line = ujson.dumps({"id": request_id, "method": method, "params": params}).encode()
-    return [ujson.loads(out) for out in session.receive_line(line)]
+    return [ujson.loads(out) for out in HARNESSES[id(session)].feed(session, line)]
 
 
 def test_subscribe_reply_then_difficulty_then_job():
@@ -69,7 +62,7 @@ def test_unknown_method_and_request_from_miner_side():
     session, _, _ = make_session()
     assert call(session, "mining.bogus", [])[0]["error"][0] == 20
     # a miner's reply to our client.get_version needs no answer
-    assert session.receive_line(b'{"id": 5, "result": "bmminer/2.0", "error": null}') == []
+    assert session.receive_line(b'{"id": 5, "result": "bmminer/2.0", "error": null}').send == []
 
 
 def test_new_jobs_reach_subscribed_session_with_shared_line():
@@ -99,6 +92,6 @@ def test_no_sequence_of_requests_raises(sequence):
             line = ujson.dumps({"id": 1, "method": method, "params": p}).encode()
         except OverflowError:
             continue
-        for out in session.receive_line(line):
+        for out in HARNESSES[id(session)].feed(session, line):
             message = ujson.loads(out)
             assert "Internal error" not in str(message.get("error")), (method, p, message)

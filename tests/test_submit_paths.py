@@ -7,14 +7,11 @@ import ujson
 
 from gstratum.client.miner import find_share
 from gstratum.mining import bitcoin
-from gstratum.mining.jobs import JobBook, RandomJobSource
 from gstratum.mining.shares import HeaderTemplate
-from gstratum.ops.metrics import Metrics
-from gstratum.ops.stats import PoolStats
-from gstratum.protocol.session import POOL_VERSION_MASK, Services, Session
-from gstratum.protocol.vardiff import VardiffPolicy
-from gstratum.storage.allocator import MemoryAllocator
-from gstratum.storage.records import Recorder
+from gstratum.protocol.session import POOL_VERSION_MASK
+from gstratum.mining.vardiff import VardiffPolicy
+
+from .sessions import Harness
 
 NOW = 1_700_000_000.0
 
@@ -23,22 +20,17 @@ class Pair:
     """A session and the miner talking to it: `send` turns a call into the bytes a miner writes, feeds them to the
     session and decodes the bytes it answers with."""
 
-    def __init__(self, difficulty: float = 1e-6, nbits: int = 0x1D00FFFF, vardiff: VardiffPolicy | None = None):
+    def __init__(self, difficulty: float = 1e-6, nbits: int = 0x1D00FFFF, vardiff: VardiffPolicy | None = None,
+                 harness: Harness | None = None, connection_id: str = "0" * 31 + "1"):
         self.now = NOW
         self.clock = lambda: self.now
-        self.rows: list[tuple[str, tuple]] = []
-        self.blocks: list[dict] = []
-        self.book = JobBook()
-        self.source = RandomJobSource(clock=self.clock, nbits=nbits)
-        self.book.add(self.source.next_job(True))
-        self.metrics = Metrics()
-        services = Services(allocator=MemoryAllocator(), jobs=self.book,
-                            recorder=Recorder(lambda t, r: self.rows.append((t, r)), "pair", clock=self.clock),
-                            metrics=self.metrics, stats=PoolStats(), difficulty=difficulty, clock=self.clock,
-                            vardiff=vardiff or VardiffPolicy(enabled=False),
-                            network_target=lambda job: bitcoin.target_from_nbits(int(job.nbits, 16)),
-                            on_block=self.blocks.append)
-        self.session = Session(services, "0" * 31 + "1", "192.0.2.1")
+        self.harness = harness or Harness(difficulty=difficulty, clock=lambda: self.now, nbits=nbits, vardiff=vardiff)
+        self.rows = self.harness.rows
+        self.blocks = self.harness.blocks
+        self.book = self.harness.book
+        self.source = self.harness.source
+        self.metrics = self.harness.metrics
+        self.session = self.harness.session(connection_id, "192.0.2.1")
         self.next_id = 0
         self.notifications: list[dict] = []
         self.extranonce1 = b""
@@ -47,7 +39,7 @@ class Pair:
         self.next_id += 1
         line = ujson.dumps({"id": self.next_id, "method": method, "params": params}).encode()
         reply = None
-        for out in self.session.receive_line(line):
+        for out in self.harness.feed(self.session, line):
             assert out.endswith(b"\n") and out.count(b"\n") == 1
             message = ujson.loads(out)
             if message.get("method") is not None:
@@ -138,7 +130,8 @@ def test_every_rejection_has_its_code_in_the_documented_order():
     pair.deliver(clean=True)                                                        # a new block
     assert pair.code("w", job_before[0], "00000003", ntime, nonce) == 21          # stale
     codes = [r[11] for r in pair.share_rows()]
-    assert codes == [25, 24, 20, 20, 21, 20, 20, 20, 23, None, 22, 22, 21]        # every submit is a row
+    assert codes == [20, 20, 21, 20, 20, 20, 23, None, 22, 22, 21]        # a row per submit of an authorized worker
+    assert pair.metrics.shares["not_subscribed"] == 1 and pair.metrics.shares["unauthorized"] == 1   # counted only
 
 
 def test_a_share_is_judged_at_the_difficulty_its_job_was_sent_at():
@@ -191,8 +184,7 @@ def test_a_block_candidate_is_reported_with_its_header():
     nonce, ntime = pair.share(job, 1e-6)
     assert pair.code("w", job[0], "00000001", ntime, nonce) is None
     (found,) = pair.blocks
-    header = bytes.fromhex(found["header"])
-    assert bitcoin.sha256d(header)[::-1].hex() == found["block_hash"] and found["worker"] == "w"
+    assert bitcoin.sha256d(found.header)[::-1].hex() == found.block_hash and found.worker == "w"
     assert pair.metrics.blocks == 1
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gstratum.protocol.vardiff import Vardiff, VardiffPolicy
+from gstratum.mining.vardiff import Vardiff, VardiffPolicy
 
 POLICY = VardiffPolicy(target_interval=10, retarget_after=60, tolerance=2, max_step=16, min_difficulty=0.001,
                        max_difficulty=1e6)
@@ -61,7 +61,7 @@ def test_due_cutoff_marks_who_the_broadcast_must_check():
 def test_difficulty_is_not_lowered_again_when_the_share_rate_does_not_respond():
     """A proxy that clamps every difficulty below 1 up to 1 sends the same few shares whatever we set: after one
     decrease that changed nothing, vardiff stops lowering (it used to walk such a proxy down to 1e-10)."""
-    from gstratum.protocol.vardiff import Vardiff, VardiffPolicy
+    from gstratum.mining.vardiff import Vardiff, VardiffPolicy
 
     policy = VardiffPolicy(target_interval=10, retarget_after=60, min_difficulty=1e-10)
     vardiff = Vardiff(policy, 0.0)

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS disconnections (
     reason        text        NOT NULL,
     requests      integer     NOT NULL
 );
+-- The session's credited shares of work still live when it closed ({prevhash: [64-bit keys as hex]}): a process
+-- that resumes the session next reads them, so a share repeated after a reconnect is a duplicate pool-wide.
+ALTER TABLE disconnections ADD COLUMN IF NOT EXISTS live_shares jsonb;
 
 -- One row per mining.subscribe answered. session_id is the subscription id handed to the miner
 -- (the notify subscription id); a miner that reconnects with it may get its extranonce1 back (resumed).

@@ -21,6 +21,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add("--bad-shares", dest="bad_shares", action="store_true",
         help="send each kind of invalid share and check the server's error codes")
     add("--suggest-difficulty", dest="suggest_difficulty", type=float, help="send mining.suggest_difficulty first")
+    add("--version-rolling", dest="version_rolling", choices=["bip310", "delta"],
+        help="negotiate BIP310 and roll header versions while mining, submitting version_bits as cgminer does "
+             "(bip310) or as the Bitaxe firmware does (delta: only the bits changed)")
 
 
 def _print(message: dict) -> None:
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         with StratumClient(host, port, timeout=args.timeout) as client:
+            if args.version_rolling:
+                print(f"version rolling: mask {client.configure_version_rolling():08x}", flush=True)
             sub = client.subscribe()
             print(f"subscribed: extranonce1={sub.extranonce1} extranonce2_size={sub.extranonce2_size} "
                   f"session={sub.session_id}", flush=True)
@@ -86,7 +91,7 @@ def _mine(client: StratumClient, args: argparse.Namespace) -> int:
         print(f"share job={share.job_id} nonce={share.nonce} difficulty={client.state.difficulty:g}: {verdict}",
               flush=True)
 
-    report = mine(client, args.user, args.duration, on_result=show)
+    report = mine(client, args.user, args.duration, on_result=show, version_rolling=args.version_rolling)
     rate = report.hashes / report.seconds if report.seconds else 0.0
     print(f"accepted={report.accepted} rejected={report.rejected_total} {report.rejected or ''} "
           f"hashrate={rate / 1e3:.0f}kH/s over {report.seconds:.1f}s", flush=True)

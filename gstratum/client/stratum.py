@@ -211,6 +211,14 @@ class StratumClient:
         self.subscription = validate_subscribe_result(self.call("mining.subscribe", params))
         return self.subscription
 
+    def configure_version_rolling(self, mask: int = 0x1FFFE000) -> int:
+        """BIP310 mining.configure (sent before subscribe, as ASIC firmware does): the mask the pool granted."""
+        result = self.call("mining.configure", [["version-rolling"], {"version-rolling.mask": f"{mask:08x}",
+                                                                      "version-rolling.min-bit-count": 2}])
+        if not (isinstance(result, dict) and result.get("version-rolling") is True):
+            raise ProtocolViolation(f"mining.configure did not grant version rolling: {result!r}")
+        return int(result["version-rolling.mask"], 16)
+
     def authorize(self, worker: str, password: str = "x") -> bool:
         result = self.call("mining.authorize", [worker, password])
         if result is not True:

@@ -33,16 +33,33 @@ class FoundShare:
     ntime: str
     nonce: str
     hash_int: int
+    version_bits: str | None = None     # what mining.submit carries when versions are rolled
+
+
+VERSION_ROLLING_MASK = 0x1FFFE000
+ROLLING_CONVENTIONS = ("bip310", "delta")
 
 
 class JobWork:
-    """The current job as the miner sees it: template and extranonces, rebuilt when a new job arrives."""
+    """The current job as the miner sees it: template and extranonces, rebuilt when a new job arrives.
 
-    def __init__(self, client: StratumClient) -> None:
+    `version_rolling` rolls the header version inside the negotiated mask like ASIC firmware does (bits 13..27,
+    leaving the template's own bits as they are) and submits version_bits in one of the two conventions real miners
+    use: "bip310" (the rolled version's bits inside the mask: cgminer, bmminer) or "delta" (only the bits changed,
+    rolled XOR job version: the Bitaxe's ESP-Miner)."""
+
+    def __init__(self, client: StratumClient, version_rolling: str | None = None,
+                 mask: int = VERSION_ROLLING_MASK) -> None:
+        if version_rolling not in (None, *ROLLING_CONVENTIONS):
+            raise ValueError(f"version_rolling must be one of {ROLLING_CONVENTIONS}, got {version_rolling!r}")
         self.client = client
         self.extranonce2 = itertools.count(1)
         self.params = None
         self.template = None
+        self.version_rolling = version_rolling
+        self.mask = mask
+        self._rolls = itertools.count(1)
+
 
     def refresh(self) -> bool:
         params = self.client.state.job
@@ -60,19 +77,26 @@ class JobWork:
         job_id, _, _, _, _, version, _, ntime, _ = self.params
         size = sub.extranonce2_size
         en2 = (next(self.extranonce2) % (1 << (8 * size))).to_bytes(size, "big")
-        found = find_share(self.template, bytes.fromhex(sub.extranonce1), en2, ntime, int(version, 16), target,
+        job_version = int(version, 16)
+        header_version, version_bits = job_version, None
+        if self.version_rolling is not None:
+            rolled = (next(self._rolls) % 0x7FFF + 1) << 13 & self.mask & ~(1 << 28)
+            header_version = job_version ^ rolled
+            version_bits = f"{rolled if self.version_rolling == 'delta' else header_version & self.mask:08x}"
+        found = find_share(self.template, bytes.fromhex(sub.extranonce1), en2, ntime, header_version, target,
                            max_tries=tries)
         if found is None:
             return None, tries
         nonce, value = found
-        return FoundShare(job_id, en2.hex(), ntime, nonce, value), int(nonce, 16) + 1
+        return FoundShare(job_id, en2.hex(), ntime, nonce, value, version_bits), int(nonce, 16) + 1
 
 
 def mine(client: StratumClient, worker: str, duration: float, max_shares: int | None = None,
-         on_result=None) -> MiningReport:
-    """Mine the server's jobs at the server's difficulty for `duration` seconds (or `max_shares` shares)."""
+         on_result=None, version_rolling: str | None = None) -> MiningReport:
+    """Mine the server's jobs at the server's difficulty for `duration` seconds (or `max_shares` shares).
+    `version_rolling` ("bip310" or "delta", see JobWork): negotiate BIP310 first and roll versions."""
     report = MiningReport()
-    work = JobWork(client)
+    work = JobWork(client, version_rolling)
     started = time.monotonic()
     while time.monotonic() - started < duration and (max_shares is None or report.accepted + report.rejected_total
                                                       < max_shares):
@@ -85,7 +109,7 @@ def mine(client: StratumClient, worker: str, duration: float, max_shares: int | 
         if share is None:
             continue
         try:
-            client.submit(worker, share.job_id, share.extranonce2, share.ntime, share.nonce)
+            client.submit(worker, share.job_id, share.extranonce2, share.ntime, share.nonce, share.version_bits)
             report.accepted += 1
             outcome = True
         except StratumRejected as exc:

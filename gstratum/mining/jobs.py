@@ -191,5 +191,9 @@ class JobBook:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._jobs
 
+    def prevhashes(self) -> set[str]:
+        """The blocks live jobs build on (as sent: Stratum's word-swapped hex); the share ledger keeps only those."""
+        return {job.prevhash for job in self._jobs.values()}
+
     def __len__(self) -> int:
         return len(self._jobs)

@@ -7,6 +7,7 @@ prevhash is sent word-swapped (see bitcoin.stratum_prevhash_to_header); the merk
 """
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import struct
@@ -15,9 +16,23 @@ from typing import Callable
 
 from gstratum.mining import bitcoin
 from gstratum.mining.bitcoin import difficulty_from_hash, stratum_prevhash_to_header
-from gstratum.protocol.rpc import StratumCode
 
 _sha256 = hashlib.sha256
+
+
+class StratumCode(enum.IntEnum):
+    """Why a share or a request was refused, numbered as Stratum V1 numbers it (slush's table, used by cgminer,
+    bfgminer and ckpool): the one list the verdict, the metrics and the writer's SQL use. The V2 front end maps each
+    to its protocol's error string."""
+
+    OTHER = 20
+    JOB_NOT_FOUND = 21
+    DUPLICATE_SHARE = 22
+    LOW_DIFFICULTY = 23
+    UNAUTHORIZED = 24
+    NOT_SUBSCRIBED = 25
+
+_UINT32 = struct.Struct("<I").pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,11 @@ class HeaderTemplate:
     def header(self, extranonce1: bytes, extranonce2: bytes, ntime: str, nonce: str, version: int) -> bytes:
         return self.header_prefix(extranonce1, extranonce2, ntime, version) + bytes.fromhex(nonce)[::-1]
 
+    def header_from_root(self, merkle_root: bytes, ntime: int, nonce: int, version: int) -> bytes:
+        """The 80-byte header from integers (the server's path: no hex on the way)."""
+        return (_UINT32(version & 0xFFFFFFFF) + self.prevhash + merkle_root + _UINT32(ntime) + self.nbits
+                + _UINT32(nonce))
+
     @staticmethod
     def hash_int(header: bytes) -> int:
         """sha256d(header) read as a little-endian integer: what is compared with a target."""
@@ -95,30 +115,64 @@ class Verdict:
     block: bool = False                # the hash also met the network target
 
 
-def judge(job, difficulty: float, extranonce1: bytes, extranonce2: str, ntime: str, nonce: str,
-          version_bits: str | None, version_mask: int, now: float, accepted: set,
+def rolled_versions(job_version: int, bits: int, mask: int) -> tuple[int, ...] | None:
+    """The header versions a miner may have hashed when it submits `bits` (BIP310's version_bits); None when the
+    bits reach outside the negotiated mask.
+
+    Miners follow two conventions. BIP310's: the submitted bits replace the job's bits inside the mask
+    (cgminer, bmminer, cpuminer). The Bitaxe's ESP-Miner submits only the bits it changed (rolled version XOR the
+    job's). Both agree while the template has no bit inside the mask; once the node signals a deployment on a bit
+    the mask covers (bit 28 of 1fffe000: a real Core regtest past height 144, and mainnet whenever a deployment
+    uses it), the first reading drops that bit from a delta miner's header and every one of its shares misses.
+    So both are tried, BIP310's first. A full 32-bit version whose bits outside the mask are the job's is taken as
+    the header's version as it stands."""
+    outside = bits & ~mask & 0xFFFFFFFF
+    if outside:
+        if outside != job_version & ~mask & 0xFFFFFFFF:
+            return None
+        return (bits,)
+    replaced = (job_version & ~mask) | bits
+    if not job_version & mask:
+        return (replaced,)
+    changed = job_version ^ bits
+    return (replaced,) if changed == replaced else (replaced, changed)
+
+
+def judge(job, difficulty: float, extranonce1: bytes, extranonce2: bytes, ntime: int, nonce: int,
+          version_bits: int | None, version_mask: int, now: float, ledger,
           network_target: Callable[[object], int] | None = None) -> Verdict:
     """The verdict on a well-formed share for a live job, in the order the protocol's error codes imply: ntime out
-    of range 20, version bits outside the negotiated mask 20, duplicate 22, low difficulty 23. `accepted`: this
-    miner's accepted shares of this job (the key of an accepted share is added to it). Pure: no clock, no I/O."""
-    ntime_int = int(ntime, 16)
-    if ntime_int < job.ntime_int or ntime_int > now + MAX_NTIME_AHEAD:
+    of range 20, version bits outside the negotiated mask 20, duplicate 22, low difficulty 23. `ledger`
+    (gstratum.mining.ledger.ShareLedger): the work already credited, to which an accepted share is added.
+    Pure: no clock, no I/O; protocol-free (V1 parses hex into these values, V2 has them as integers)."""
+    if ntime < job.ntime_int or ntime > now + MAX_NTIME_AHEAD:
         return Verdict(StratumCode.OTHER, "ntime out of range")
-    version = job.version_int
-    if version_bits is not None:
-        bits = int(version_bits, 16)
-        if bits & ~version_mask:
+    if version_bits is None:
+        versions = (job.version_int,)
+    else:
+        versions = rolled_versions(job.version_int, version_bits, version_mask)
+        if versions is None:
             return Verdict(StratumCode.OTHER, "Version bits outside the negotiated mask")
-        version = (version & ~version_mask) | (bits & version_mask)
-    key = (extranonce2, ntime, nonce, version)
-    if key in accepted:
-        return Verdict(StratumCode.DUPLICATE_SHARE, "Duplicate share")
     template = job.template
-    header = template.header(extranonce1, bytes.fromhex(extranonce2), ntime, nonce, version)
-    hash_int = template.hash_int(header)
-    achieved = difficulty_from_hash(hash_int)
-    if hash_int > share_target(difficulty):
-        return Verdict(StratumCode.LOW_DIFFICULTY, "Low difficulty share", achieved, header, hash_int)
-    accepted.add(key)
-    block = network_target is not None and hash_int <= network_target(job)
-    return Verdict(None, "", achieved, header, hash_int, block)
+    root = template.merkle_root(extranonce1, extranonce2)
+    target = share_target(difficulty)
+    prevhash = job.prevhash
+    first = None
+    for version in versions:
+        header = template.header_from_root(root, ntime, nonce, version)
+        hash_int = _hash_int(header)
+        if ledger.seen(prevhash, extranonce1, hash_int):
+            return Verdict(StratumCode.DUPLICATE_SHARE, "Duplicate share")
+        if hash_int <= target:
+            ledger.claim(prevhash, extranonce1, hash_int)
+            block = network_target is not None and hash_int <= network_target(job)
+            return Verdict(None, "", difficulty_from_hash(hash_int), header, hash_int, block)
+        if first is None:
+            first = (header, hash_int)
+    header, hash_int = first
+    return Verdict(StratumCode.LOW_DIFFICULTY, "Low difficulty share", difficulty_from_hash(hash_int), header,
+                   hash_int)
+
+
+def _hash_int(header: bytes) -> int:
+    return int.from_bytes(_sha256(_sha256(header).digest()).digest(), "little")

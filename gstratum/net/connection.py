@@ -19,6 +19,7 @@ from gstratum.protocol.framing import LINE_TOO_LONG, LineFramer
 from gstratum.greenlets import spawn_logged
 from gstratum.protocol.limits import CLOSE, SLOW, CostMeter
 from gstratum.protocol.rpc import OTHER, StratumError
+from gstratum.protocol.session import handle_line
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,13 @@ class Connection:
             self._close_socket()
 
     def _handle(self, data: bytes) -> None:
+        """Feed received bytes to the session and carry out what it asks, in order: replies (sent once per read),
+        rows (to the writer), found blocks (to the submitter) and a subscribe that needs the database."""
         out: list[bytes] = []
-        was_subscribed = self.session.subscribed
+        session = self.session
+        server = self.server
+        resolve = server.subscriptions.resolve
+        was_subscribed = session.subscribed
         for item in self.framer.feed(data):
             if item is LINE_TOO_LONG:
                 out.append(rpc.encode_error(None, StratumError(OTHER, "Line too long")))
@@ -164,9 +170,14 @@ class Connection:
                 self.close_reason = "line too long"
                 self._drain()
                 return
-            out.extend(self.session.receive_line(item))
-        if not was_subscribed and self.session.subscribed:
-            self.server.now_subscribed(self)
+            output = handle_line(session, item, resolve)
+            out += output.send
+            for table, row in output.rows:
+                server.record(table, row)
+            for block in output.blocks:
+                server.found_block(block)
+        if not was_subscribed and session.subscribed:
+            server.now_subscribed(self)
         if out:
             self.outbox.send(out[0] if len(out) == 1 else b"".join(out))
 

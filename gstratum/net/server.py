@@ -20,7 +20,7 @@ from gstratum.net.connection import SHUTDOWN, Connection
 from gstratum.net.tls import TlsContext
 from gstratum.greenlets import LoggedPool, spawn_logged, stop_greenlet
 from gstratum.protocol.limits import CostPolicy
-from gstratum.protocol.vardiff import VardiffPolicy
+from gstratum.mining.vardiff import VardiffPolicy
 from gstratum.mining.jobs import Job
 from gstratum.protocol import proxy_protocol
 from gstratum.protocol import rpc
@@ -66,13 +66,17 @@ class StratumServer:
     admin actions."""
 
     def __init__(self, config: Config, ports: list[Port], recorder, metrics, vardiff: VardiffPolicy,
-                 resumption=None, clock=time.time) -> None:
+                 subscriptions, ledger, on_block: Callable, resumption=None, clock=time.time) -> None:
         self.config = config
         self.vardiff = vardiff
         self.clock = clock
         self.ports = ports
         self.recorder = recorder
+        self.record = recorder.put                  # rows a session's Output asks for
         self.metrics = metrics
+        self.subscriptions = subscriptions          # gstratum.storage.resumption.Subscriptions
+        self.ledger = ledger                        # gstratum.mining.ledger.ShareLedger: hand-overs at close
+        self.found_block = on_block                 # a FoundBlock -> submitted (or recorded as a candidate)
         self.resumption = resumption                # gstratum.storage.resumption.Resumption, or None
         self.connections: set[Connection] = set()
         self.subscribed: set[Connection] = set()
@@ -191,7 +195,9 @@ class StratumServer:
         self._release_ip(conn.address[0])
         self.subscribed.discard(conn)
         reason = conn.close_reason or "closed"
-        self.recorder.connection_closed(conn.id, reason, conn.session.requests)
+        session = conn.session
+        live = self.ledger.accepted_of(session.channel.extranonce1) if session.subscribed else None
+        self.recorder.connection_closed(conn.id, reason, session.requests, live)
         log.debug("disconnected %s: %s", conn.id, reason)
 
     def _release_ip(self, addr: str) -> None:
@@ -239,12 +245,12 @@ class StratumServer:
             for first in range(0, len(targets), FANOUT_CHUNK):
                 cpu_started = time.process_time()
                 for conn in targets[first:first + FANOUT_CHUNK]:
-                    session = conn.session
-                    if session.vardiff.since <= retarget_cutoff:   # a retarget may be due: this miner's own lines
-                        conn.outbox.send(b"".join(session.broadcast_lines(job)))
+                    channel = conn.session.channel
+                    if channel.vardiff.since <= retarget_cutoff:   # a retarget may be due: this miner's own lines
+                        conn.outbox.send(b"".join(conn.session.broadcast_lines(job)))
                     elif solo:   # the variant paying this miner's address, encoded once per address (see Job)
-                        if session.payout_script is not None:
-                            conn.outbox.send(job.for_payout(session.payout_script).notify_line())
+                        if channel.payout_script is not None:
+                            conn.outbox.send(job.for_payout(channel.payout_script).notify_line())
                     else:   # the common case, kept lean: the shared line, one send
                         conn.outbox.send(line)
                 cpu += time.process_time() - cpu_started

@@ -5,24 +5,13 @@ Decoding never raises anything but `StratumError`, so the one caller that turns 
 """
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import ujson
 
-class StratumCode(enum.IntEnum):
-    """Stratum V1 error codes (slush's table, used by cgminer/bfgminer/ckpool): the one list the session, the
-    metrics and the writer's SQL use."""
-
-    OTHER = 20
-    JOB_NOT_FOUND = 21
-    DUPLICATE_SHARE = 22
-    LOW_DIFFICULTY = 23
-    UNAUTHORIZED = 24
-    NOT_SUBSCRIBED = 25
-
+from gstratum.mining.shares import StratumCode
 
 OTHER, JOB_NOT_FOUND, DUPLICATE_SHARE, LOW_DIFFICULTY, UNAUTHORIZED, NOT_SUBSCRIBED = StratumCode
 

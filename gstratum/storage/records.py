@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import ujson
+
 
 @dataclass(frozen=True)
 class Table:
@@ -69,7 +71,7 @@ def _bool_array(values) -> str:
     return "{" + ",".join("NULL" if v is None else ("t" if v else "f") for v in values) + "}"
 
 
-_ARRAY_FORMATTERS = {"text": _text_array, "inet": _text_array, "uuid": _plain_array, "int2": _plain_array,
+_ARRAY_FORMATTERS = {"text": _text_array, "jsonb": _text_array, "inet": _text_array, "uuid": _plain_array, "int2": _plain_array,
                      "int4": _plain_array, "int8": _plain_array, "float8": _float_array, "epoch": _float_array,
                      "bool": _bool_array}
 
@@ -78,8 +80,8 @@ TABLES: dict[str, Table] = {
     for t in (
         Table("connections", ("id", "server_id", "remote_addr", "remote_port", "local_port", "opened_at"),
               "(%s, %s, %s, %s, %s, to_timestamp(%s))", ("uuid", "text", "inet", "int4", "int4", "epoch")),
-        Table("disconnections", ("connection_id", "closed_at", "reason", "requests"),
-              "(%s, to_timestamp(%s), %s, %s)", ("uuid", "epoch", "text", "int4")),
+        Table("disconnections", ("connection_id", "closed_at", "reason", "requests", "live_shares"),
+              "(%s, to_timestamp(%s), %s, %s, %s::jsonb)", ("uuid", "epoch", "text", "int4", "jsonb")),
         Table("subscriptions", ("id", "connection_id", "session_id", "difficulty_sub_id", "extranonce1",
                                 "extranonce2_size", "user_agent", "requested_session", "resumed", "subscribed_at"),
               "(%s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))",
@@ -150,19 +152,32 @@ class Recorder:
         self._sink("connections", (connection_id, self.server_id, remote_addr, remote_port, local_port,
                                    self.clock()))
 
-    def connection_closed(self, connection_id: str, reason: str, requests: int) -> None:
-        self._sink("disconnections", (connection_id, self.clock(), reason, requests))
+    def connection_closed(self, connection_id: str, reason: str, requests: int,
+                          live_shares: dict | None = None) -> None:
+        """`live_shares`: the session's credited shares of live work (ShareLedger.accepted_of), for a process
+        that resumes the session next (gstratum.storage.resumption); None when there are none."""
+        self._sink("disconnections", (connection_id, self.clock(), reason, requests,
+                                      ujson.dumps(live_shares) if live_shares else None))
 
-    def subscribed(self, connection_id: str, session_id: str, difficulty_sub_id: str, extranonce1: str,
-                   extranonce2_size: int, user_agent: str | None, requested_session: str | None,
-                   resumed: bool) -> None:
-        self._sink("subscriptions", (self.new_id(), connection_id, session_id, difficulty_sub_id, extranonce1,
-                                     extranonce2_size, text(user_agent), text(requested_session), resumed,
-                                     self.clock()))
+    def put(self, table: str, row: tuple) -> None:
+        """Hand a row built elsewhere (a session's Output) to the sink."""
+        self._sink(table, row)
 
-    def authorized(self, connection_id: str, worker: str, remote_addr: str, authorized: bool) -> None:
-        self._sink("authorizations", (self.new_id(), connection_id, text(worker), remote_addr, authorized,
-                                      self.clock()))
+    def subscription_row(self, connection_id: str, session_id: str, difficulty_sub_id: str, extranonce1: str,
+                         extranonce2_size: int, user_agent: str | None, requested_session: str | None,
+                         resumed: bool) -> tuple[str, tuple]:
+        return "subscriptions", (self.new_id(), connection_id, session_id, difficulty_sub_id, extranonce1,
+                                 extranonce2_size, text(user_agent), text(requested_session), resumed, self.clock())
+
+    def subscribed(self, *args) -> None:
+        self._sink(*self.subscription_row(*args))
+
+    def authorization_row(self, connection_id: str, worker: str, remote_addr: str,
+                          authorized: bool) -> tuple[str, tuple]:
+        return "authorizations", (self.new_id(), connection_id, text(worker), remote_addr, authorized, self.clock())
+
+    def authorized(self, *args) -> None:
+        self._sink(*self.authorization_row(*args))
 
     def _job_row(self, job) -> tuple:
         return (job.job_id, self.server_id, self.cluster, job.height, job.prevhash, job.coinb1, job.coinb2,
@@ -178,15 +193,18 @@ class Recorder:
         return (f"INSERT INTO jobs ({', '.join(spec.columns)}) VALUES {spec.template} ON CONFLICT DO NOTHING",
                 self._job_row(job))
 
-    def share(self, connection_id: str, worker: str, job_id: str, extranonce2: str | None, ntime: str | None,
-              nonce: str | None, version_bits: str | None, difficulty: float, achieved: float | None,
-              error_code: int | None, at: float | None = None) -> None:
+    def share_row(self, connection_id: str, worker: str, job_id: str, extranonce2: str | None, ntime: str | None,
+                  nonce: str | None, version_bits: str | None, difficulty: float, achieved: float | None,
+                  error_code: int | None, at: float | None = None) -> tuple[str, tuple]:
         """`at`: when the share arrived (the caller's clock reading), else now."""
         if achieved is not None and achieved == _INFINITY:
             achieved = 1e300
-        self._sink("shares", (self.new_id(), connection_id, text(worker), text(job_id), extranonce2, ntime, nonce,
-                              version_bits, difficulty, achieved, error_code is None, error_code,
-                              self.clock() if at is None else at))
+        return "shares", (self.new_id(), connection_id, text(worker), text(job_id), extranonce2, ntime, nonce,
+                          version_bits, difficulty, achieved, error_code is None, error_code,
+                          self.clock() if at is None else at)
+
+    def share(self, *args, **kwargs) -> None:
+        self._sink(*self.share_row(*args, **kwargs))
 
     def block(self, found: dict) -> None:
         """A block candidate (random jobs) or a block submitted to the node, with its answers and status."""

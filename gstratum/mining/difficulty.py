@@ -1,5 +1,5 @@
-"""Two small per-miner state machines of the session: which difficulty each job was sent at, and which shares a
-miner already submitted (pure).
+"""Which difficulty each job was sent at, per miner (pure, protocol-free: a V1 session and a V2 channel both keep
+one).
 
 Each share is judged at the difficulty in force when its job was sent to this miner. Rather than writing an entry
 per miner per broadcast, the schedule keeps the few moments this miner's difficulty changed, as positions in the
@@ -8,11 +8,16 @@ costs one shared line and one send per miner, nothing else.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from gstratum.mining.jobs import Job, JobBook
 
 NO_JOB_YET = 1 << 62
 MAX_CHANGES = 32
-MAX_ALIASES = 64
+# Ids under which a job was re-sent at a new difficulty, newest kept. A retarget re-sends the current job, so a
+# miner that changes its difficulty again and again (mining.suggest_difficulty in a loop) must not grow this: past
+# the bound the oldest alias goes, and a share on it is stale (21), as it would be after a new block.
+MAX_ALIASES = 16
 
 
 class DifficultySchedule:
@@ -22,7 +27,7 @@ class DifficultySchedule:
         self.current = difficulty
         self._changes: list[tuple[int, float]] = [(0, difficulty)]   # (first job seq, difficulty)
         self._first_seq = NO_JOB_YET
-        self._aliases: dict[str, tuple[str, float]] = {}   # re-sent job's per-miner id -> (job id, difficulty)
+        self._aliases: OrderedDict[str, tuple[str, float]] = OrderedDict()   # re-sent id -> (job id, difficulty)
         self._resends = 0
 
     def start(self, first_seq: int, difficulty: float) -> None:
@@ -38,14 +43,14 @@ class DifficultySchedule:
         if len(self._changes) > MAX_CHANGES:
             del self._changes[:-MAX_CHANGES]
 
-    def resend(self, job: Job, difficulty: float, book: JobBook) -> str:
+    def resend(self, job: Job, difficulty: float) -> str:
         """The id under which `job` is re-sent at `difficulty`: shares on the job as first sent keep its old
-        difficulty, shares on the re-sent one are judged at the new one."""
+        difficulty, shares on the re-sent one are judged at the new one. O(1); at most MAX_ALIASES are kept."""
         self._resends += 1
         alias = f"{job.job_id}r{self._resends}"
         self._aliases[alias] = (job.job_id, difficulty)
         if len(self._aliases) > MAX_ALIASES:
-            self._aliases = {k: v for k, v in self._aliases.items() if v[0] in book}
+            self._aliases.popitem(last=False)
         return alias
 
     def lookup(self, job_id: str, book: JobBook) -> tuple[Job | None, float]:
@@ -61,20 +66,3 @@ class DifficultySchedule:
             if job.seq >= start:
                 return job, difficulty
         return job, self._changes[0][1]
-
-
-class DuplicateFilter:
-    """Accepted shares per live job; forgets jobs the book no longer holds."""
-
-    __slots__ = ("_seen",)
-
-    def __init__(self) -> None:
-        self._seen: dict[str, set] = {}
-
-    def shares_of(self, job_id: str, book: JobBook) -> set:
-        seen = self._seen.get(job_id)
-        if seen is None:
-            if len(self._seen) >= book.keep:
-                self._seen = {k: v for k, v in self._seen.items() if k in book}
-            seen = self._seen[job_id] = set()
-        return seen
