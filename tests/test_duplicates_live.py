@@ -173,3 +173,27 @@ def test_the_workers_of_one_machine_share_one_credit_per_share(schema, tmp_path,
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     assert "Traceback" not in log_path.read_text()
+
+
+def test_a_session_whose_process_died_is_not_resumed(start_server, db):
+    """The old process was killed with the connection open: no disconnection row hands its shares over, so the
+    other process does not resume the session (a fresh extranonce1, which no earlier share can match)."""
+    pool = new_cluster_name()
+    first = start_server("--difficulty", DIFFICULTY, "--notify-interval", "30", "--vardiff", "0", cluster=pool)
+    second = start_server("--difficulty", DIFFICULTY, "--notify-interval", "30", "--vardiff", "0", cluster=pool)
+    worker = f"dup.dead{time.time_ns()}"
+    client = first.miner(worker)
+    try:
+        share = find_share(client)
+        assert submit_code(client, worker, share) is None
+        share_rows(db, worker, 1)                    # credited in the database: the case that matters
+        session, extranonce1 = client.subscription.session_id, client.subscription.extranonce1
+        first.stop(signal.SIGKILL)
+        with resume(second.host, second.port, session, worker) as again:
+            assert again.subscription.extranonce1 != extranonce1
+            assert submit_code(again, worker, share) in (21, 23)     # not this miner's work any more
+    finally:
+        client.close()
+    assert "not resumed" in second.log()
+    rows = share_rows(db, worker, 2)
+    assert [r[0] for r in rows] == [True, False]
