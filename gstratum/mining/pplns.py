@@ -5,7 +5,8 @@ The rule, for each job:
 - R = the template's coinbasevalue; fee = floor(R x pool_fee / 100), the percentage read as an exact decimal;
   D = R - fee.
 - The window: accepted shares, newest first, taken while the running sum of their difficulty is below the target;
-  the share that reaches the target is included. Sums are exact decimals (25 x 0.002 is 0.05, not 0.05000000000000000277).
+  the share that reaches the target is included. Sums are exact decimals: 25 shares of 0.002 add up to 0.05, not
+  the floats' 0.05000000000000003.
 - credit(a) = floor(D x w(a) / W), W the window's actual total (an unfilled window splits all of D); an empty window
   pays all of R to the payout address. due(a) = credit(a) + balance(a).
 - Payees: by due, largest first (ties by address), room = R: skip a miner once max_outputs payees are chosen or when
@@ -252,14 +253,14 @@ class Window:
         """An accepted share, newer than every share before it (times strictly increase)."""
         with decimal.localcontext(_EXACT):
             self._add(address, difficulty, submitted_at)
-            self._rebalance()
+            self._rebalance(grow=False)
 
     def extend(self, shares: Iterable[tuple[str, float | Decimal, datetime]]) -> None:
         """Many shares, oldest first (e.g. loaded from the database)."""
         with decimal.localcontext(_EXACT):
             for address, difficulty, submitted_at in shares:
                 self._add(address, difficulty, submitted_at)
-                self._rebalance()
+                self._rebalance(grow=False)
 
     def set_target(self, target) -> None:
         """A new target (a retarget changed the network difficulty, or the operator's D): the window grows back over
@@ -296,13 +297,14 @@ class Window:
         self._total += value
         self._retained_total += value
 
-    def _rebalance(self) -> None:
-        """Restore the invariants after an append or a new target (call under the exact context)."""
+    def _rebalance(self, grow: bool = True) -> None:
+        """Restore the invariants after an append (which never needs to grow back) or a new target (call under the
+        exact context)."""
         addresses, difficulties, sums = self._addresses, self._difficulties, self._sums
         head, cut, last = self._head, self._cut, len(difficulties) - 1
         total = self._total
         # grow back over kept shares while the counted ones fall short of the target
-        while cut > head and not _at_least(total, self._target):
+        while grow and cut > head and not _at_least(total, self._target):
             cut -= 1
             value, address = difficulties[cut], addresses[cut]
             sums[address] = sums.get(address, _ZERO) + value
