@@ -165,7 +165,7 @@ def _compile(cls: type) -> None:
                 field_codec.check(getattr(self, name))
             try:
                 return pack(*getter(self))
-            except (struct.error, TypeError) as exc:
+            except (struct.error, TypeError, OverflowError) as exc:
                 raise CodecError(f"{self.NAME}: {exc}") from None
     else:
         plan = tuple((seg, _getter(names)) for seg, names, _ in segments)
@@ -197,7 +197,7 @@ def _compile(cls: type) -> None:
                         parts.append(seg.pack(*getter(self)))
                     else:
                         parts.append(seg.write(getter(self)[0]))
-            except (struct.error, TypeError) as exc:
+            except (struct.error, TypeError, OverflowError) as exc:
                 raise CodecError(f"{self.NAME}: {exc}") from None
             return b"".join(parts)
 

@@ -64,7 +64,7 @@ class _Fixed(FieldCodec):
         self.check(value)
         try:
             return self._struct.pack(value)
-        except struct.error as exc:
+        except (struct.error, TypeError, OverflowError) as exc:
             raise CodecError(f"{self.name}: {exc}") from None
 
 

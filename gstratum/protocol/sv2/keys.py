@@ -49,7 +49,7 @@ def base58check_decode(text: str) -> bytes:
         number = number * 58 + value
     leading_zeros = len(text) - len(text.lstrip("1"))
     raw = bytes(leading_zeros) + number.to_bytes((number.bit_length() + 7) // 8, "big")
-    if len(raw) < 5:
+    if len(raw) < 4:
         raise KeyFormatError("too short for base58check")
     payload, checksum = raw[:-4], raw[-4:]
     if hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4] != checksum:
