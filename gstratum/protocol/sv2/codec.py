@@ -125,14 +125,14 @@ MESSAGES: dict[int, type[Message]] = {}     # msg_type -> class, for extension_t
 
 def _compile(cls: type) -> None:
     """Build cls.encode/cls.decode from FIELDS: runs of fixed-size fields become one struct.Struct each."""
-    segments: list[tuple[struct.Struct | FieldCodec, tuple[str, ...], tuple[FieldCodec, ...]]] = []
+    segments: list[tuple[struct.Struct | FieldCodec, tuple[str, ...]]] = []
     run_names: list[str] = []
     run_codecs: list[FieldCodec] = []
 
     def close_run() -> None:
         if run_names:
             layout = struct.Struct("<" + "".join(c.fmt for c in run_codecs))
-            segments.append((layout, tuple(run_names), tuple(run_codecs)))
+            segments.append((layout, tuple(run_names)))
             run_names.clear()
             run_codecs.clear()
 
@@ -142,13 +142,13 @@ def _compile(cls: type) -> None:
             run_codecs.append(field_codec)
         else:
             close_run()
-            segments.append((field_codec, (name,), (field_codec,)))
+            segments.append((field_codec, (name,)))
     close_run()
 
     checked = tuple((name, c) for name, c in cls.FIELDS if type(c).check is not FieldCodec.check)
 
     if len(segments) == 1 and isinstance(segments[0][0], struct.Struct):
-        layout, names, _ = segments[0]
+        layout, names = segments[0]
         unpack, pack = layout.unpack, layout.pack
         size = layout.size
 
@@ -168,7 +168,7 @@ def _compile(cls: type) -> None:
             except (struct.error, TypeError, OverflowError) as exc:
                 raise CodecError(f"{self.NAME}: {exc}") from None
     else:
-        plan = tuple((seg, _getter(names)) for seg, names, _ in segments)
+        plan = tuple((seg, _getter(names)) for seg, names in segments)
 
         def decode(payload: bytes, _cls=cls):
             values: list = []
