@@ -51,6 +51,8 @@ ENCRYPTED_HEADER_SIZE = FRAME_HEADER_SIZE + MAC_SIZE                            
 DEFAULT_MAX_PAYLOAD = 16 * 1024     # what a miner may send us: its largest message (SetupConnection) is < 1.3 KiB
 _MAX_NONCE = 2 ** 64 - 1            # Noise reserves this value
 _NONCE = struct.Struct("<4xQ").pack
+_unpack_header = FRAME_HEADER.unpack
+_new_tuple = tuple.__new__          # builds a Frame without NamedTuple's Python-level __new__ (hot path)
 
 _CK0 = hashlib.sha256(PROTOCOL_NAME).digest()          # ck = HASH(protocolName) (the name exceeds 32 bytes)
 _H0 = hashlib.sha256(_CK0).digest()                    # h = HASH(h): the spec's step 3 (an empty prologue)
@@ -288,7 +290,7 @@ class NoiseConnection:
         self._recv = receive
         self.max_payload = max_payload
         self._buffer = bytearray()
-        self._pending: tuple[int, int, int, int] | None = None    # decrypted header awaiting its payload
+        self._pending: tuple[int, int, int] | None = None    # a decrypted header awaiting its payload
         self._failed = False
 
     @property
@@ -308,38 +310,39 @@ class NoiseConnection:
         pos = 0
         frames = []
         decrypt = self._recv.decrypt
+        pending = self._pending
         try:
             while True:
-                pending = self._pending
                 if pending is None:
                     if size - pos < ENCRYPTED_HEADER_SIZE:
                         break
-                    header = decrypt(buf[pos:pos + ENCRYPTED_HEADER_SIZE])
+                    extension_type, msg_type, length_low, length_high = _unpack_header(
+                        decrypt(buf[pos:pos + ENCRYPTED_HEADER_SIZE]))
                     pos += ENCRYPTED_HEADER_SIZE
-                    extension_type, msg_type, length_low, length_high = FRAME_HEADER.unpack(header)
                     length = length_low | length_high << 16
                     if length > self.max_payload:
                         raise FrameTooLarge(f"frame (extension 0x{extension_type:04x}, type 0x{msg_type:02x}) "
                                             f"announces {length} payload bytes; the limit is {self.max_payload}")
-                    pending = self._pending = (extension_type, msg_type, length, ciphertext_length(length))
-                extension_type, msg_type, length, wire_length = pending
+                    wire_length = length + MAC_SIZE if 0 < length <= MAX_PLAINTEXT_CHUNK else ciphertext_length(length)
+                else:
+                    extension_type, msg_type, wire_length = pending
+                    pending = None
                 if size - pos < wire_length:
+                    pending = (extension_type, msg_type, wire_length)
                     break
-                if wire_length == 0:
-                    payload = b""
-                elif wire_length <= MAX_CIPHERTEXT_CHUNK:
-                    payload = decrypt(buf[pos:pos + wire_length])
+                if wire_length <= MAX_CIPHERTEXT_CHUNK:
+                    payload = decrypt(buf[pos:pos + wire_length]) if wire_length else b""
                 else:
                     end = pos + wire_length
                     payload = b"".join(decrypt(buf[start:min(start + MAX_CIPHERTEXT_CHUNK, end)])
                                        for start in range(pos, end, MAX_CIPHERTEXT_CHUNK))
                 pos += wire_length
-                self._pending = None
-                frames.append(Frame(extension_type, msg_type, payload))
+                frames.append(_new_tuple(Frame, (extension_type, msg_type, payload)))
         except Sv2Error:
             self._failed = True
             self._buffer = bytearray()
             raise
+        self._pending = pending
         if buf is self._buffer:
             del buf[:pos]
         elif pos < size:
