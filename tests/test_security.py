@@ -52,3 +52,87 @@ def test_server_works_as_least_privilege_role(app_role_url, tmp_path, db):
     finally:
         conn.close()
     assert "app-secret" not in server.log()
+
+
+# -- closed by default: the embedded PostgreSQL asks for its password ---------------------------------------------
+
+def test_the_embedded_postgres_refuses_a_connection_without_its_password(embedded_pg):
+    """Every local user could otherwise connect as the superuser (and run programs with COPY ... PROGRAM)."""
+    import os
+    import stat
+
+    from gstratum.storage.embedded_pg import DB_NAME, DB_USER, secret_path
+
+    for password in (None, "wrong-password"):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(host="127.0.0.1", port=embedded_pg.port, user=DB_USER, dbname=DB_NAME,
+                             password=password, connect_timeout=5)
+    with psycopg2.connect(embedded_pg.url, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == (DB_USER,)
+    conn.close()
+    secret = secret_path(embedded_pg.pgdata).stat()
+    assert stat.S_IMODE(secret.st_mode) == 0o600 and secret.st_uid == os.geteuid()
+    rules = [line.split() for line in (embedded_pg.pgdata / "pg_hba.conf").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules), rules
+
+
+def _trust_folder(pgdata, running: bool):
+    """A data folder as an older gstratum left it: initdb --auth=trust, no secret, a table of its own; running
+    (started the way that release started it) or stopped."""
+    from gstratum.storage.embedded_pg import DB_USER, EmbeddedPostgres
+
+    from .conftest import free_port
+
+    old = EmbeddedPostgres(pgdata.resolve())
+    old.pgdata.mkdir(mode=0o700)
+    old._prepare_root()
+    old._pg("initdb", "--auth=trust", "--encoding=utf8", "-U", DB_USER, "-D", str(old.pgdata))
+    old.port = free_port()
+    old._pg("pg_ctl", "-w", "-D", str(old.pgdata), "-l", str(old.pgdata / "server.log"), "-o",
+            f"-h 127.0.0.1 -p {old.port} -k ''", "start")
+    for dbname, sql in (("postgres", "CREATE DATABASE gstratum"), ("gstratum", "CREATE TABLE kept (x int)")):
+        conn = psycopg2.connect(host="127.0.0.1", port=old.port, user=DB_USER, dbname=dbname)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+        conn.close()
+    if not running:
+        old.stop()
+    return old
+
+
+def _assert_closed_and_intact(pg) -> None:
+    from gstratum.storage.embedded_pg import DB_NAME, DB_USER
+
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(host="127.0.0.1", port=pg.port, user=DB_USER, dbname=DB_NAME, connect_timeout=5)
+    conn = psycopg2.connect(pg.url, connect_timeout=5)
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('kept') IS NOT NULL")
+        assert cur.fetchone() == (True,)
+    conn.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_a_trust_folder_of_an_older_release_is_upgraded_in_place(tmp_path, running):
+    """Stopped: the password is set in single-user mode before the server listens. Running (an older process still
+    uses it): set over the trusted connection, pg_hba.conf rewritten, reloaded. Either way the data stays, a
+    connection without the password is refused from then on, and the next start finds it closed."""
+    from gstratum.storage.embedded_pg import EmbeddedPostgres, secret_path
+
+    pgdata = tmp_path / "pgdata"
+    old = _trust_folder(pgdata, running)
+    try:
+        pg = EmbeddedPostgres(pgdata).start()
+        assert secret_path(pg.pgdata).exists()
+        _assert_closed_and_intact(pg)
+        pg.release()
+        assert not pg.is_running()
+        again = EmbeddedPostgres(pgdata).start()
+        _assert_closed_and_intact(again)
+        again.release()
+    finally:
+        old.stop("immediate")

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gstratum.storage import rollup
-from gstratum.storage.db import STATEMENT_CANCELLED, Database
+from gstratum.storage.db import STATEMENT_CANCELLED, Database, PoolBusy
 from gstratum.ops.admin import ACTIONS as ADMIN_ACTION_NAMES
 from gstratum.ops.metrics import PoolCollector
 from gstratum.errors import first_line
@@ -138,7 +138,7 @@ class StatsApi:
                 status, content_type, body = self.answer(method, path, environ)
         except psycopg2.Error as exc:
             log.warning("stats API: database error: %s", first_line(exc))
-            reason = "database too slow" if isinstance(exc, STATEMENT_CANCELLED) else "database unavailable"
+            reason = "database too slow" if isinstance(exc, (STATEMENT_CANCELLED, PoolBusy)) else "database unavailable"
             status, content_type, body = "503 Service Unavailable", "application/json", _json({"error": reason})
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
                                 ("Cache-Control", "no-store")])
