@@ -125,7 +125,7 @@ def test_trusted_sources_are_networks_and_addresses_of_either_family():
     assert loopback.allows("::ffff:127.0.0.1")      # an IPv4 peer on a dual-stack socket
     assert not loopback.allows("10.0.0.1") and not loopback.allows("::2") and not loopback.allows("not an address")
     balancers = TrustedSources(["10.0.0.0/24", "2001:db8::/32"])
-    assert balancers.allows("10.0.0.200") and balancers.allows("2001:db8::5") and balancers.allows("fe80::1%lo") is False
+    assert balancers.allows("10.0.0.200") and balancers.allows("2001:db8::5") and not balancers.allows("fe80::1%lo")
     assert not balancers.allows("10.0.1.1") and not balancers.allows("127.0.0.1")
 
 

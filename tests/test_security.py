@@ -136,3 +136,48 @@ def test_a_trust_folder_of_an_older_release_is_upgraded_in_place(tmp_path, runni
         again.release()
     finally:
         old.stop("immediate")
+
+
+def _published_ports(compose: str) -> dict[str, list[str]]:
+    """service -> its `ports:` entries, read from the compose file's text (no YAML library in the venv, and no
+    Docker engine on these machines: the file is what can be checked)."""
+    import re
+
+    services, current, in_ports, ports_indent = {}, None, False, 0
+    for line in compose.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        service = re.fullmatch(r"  ([A-Za-z0-9_-]+):", line)
+        if service:
+            current, in_ports = service.group(1), False
+            continue
+        if line.strip() == "ports:":
+            in_ports, ports_indent = True, indent
+            continue
+        if in_ports and indent > ports_indent and line.lstrip().startswith("- "):
+            entry = line.split("#", 1)[0].strip()[2:].strip().strip("\"'")
+            services.setdefault(current, []).append(entry)
+        elif indent <= ports_indent:
+            in_ports = False
+    return services
+
+
+def test_compose_publishes_only_stratum_beyond_this_host():
+    """PostgreSQL (superuser password in the file) and the HTTP side port (metrics, API, admin) are published on
+    the host's loopback; Stratum is for miners, so it stays on every interface."""
+    from .conftest import ROOT
+
+    compose = (ROOT / "docker-compose.yaml").read_text()
+    published = _published_ports(compose)
+    assert set(published) == {"postgres", "gstratum"}, published
+    entries = [entry for service in published.values() for entry in service]
+    for entry in entries:
+        parts = entry.split(":")
+        assert parts[-1] == "3333" or (len(parts) == 3 and parts[0] == "127.0.0.1"), entry
+    assert {entry.split(":")[-1] for entry in entries} == {"5432", "3333", "8080"}
+    # the development password stays the default, overridable from the environment, and both services agree
+    assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:-luxor}" in compose
+    assert "postgresql://luxor:${POSTGRES_PASSWORD:-luxor}@postgres:5432/luxor" in compose
+    command = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")][-1]
+    assert "--database-url" not in command

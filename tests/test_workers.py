@@ -87,8 +87,8 @@ def test_workers_get_the_database_password_in_their_environment_never_on_their_c
                                 stderr=subprocess.STDOUT, env=dict(env, PYTHONUNBUFFERED="1"))
 
     def listening(count: int) -> str:
-        text = wait_until(log_path.read_text, lambda t: t.count("stratum listening") >= count or proc.poll() is not None,
-                          timeout=60)
+        text = wait_until(log_path.read_text,
+                          lambda t: t.count("stratum listening") >= count or proc.poll() is not None, timeout=60)
         assert text.count("stratum listening") >= count, text
         return text
 

@@ -110,7 +110,8 @@ class StratumServer:
         self.dropped(reason)
         count = self.metrics.dropped[reason]
         if count in (1, 10, 100) or count % 1000 == 0:
-            log.warning("refused connections (%s): %d so far%s", reason, count, f", the last from {peer}" if peer else "")
+            last = f", the last from {peer}" if peer else ""
+            log.warning("refused connections (%s): %d so far%s", reason, count, last)
         try:
             sock.close()
         except OSError:
