@@ -115,15 +115,31 @@ def _assert_closed_and_intact(pg) -> None:
     conn.close()
 
 
+@pytest.fixture
+def scratch_pgdata():
+    """A data folder path of its own under the worktree's .gstratum, removed afterwards. Not under pytest's tmp_path:
+    as root, PostgreSQL runs as `pgserver`, which must traverse the parent folders, and any pytest starting on the
+    machine makes /tmp/pytest-of-root private again (0700) while initdb runs."""
+    import shutil
+    import uuid
+
+    from .conftest import ROOT
+
+    folder = ROOT / ".gstratum" / f"scratch-{uuid.uuid4().hex[:12]}"
+    folder.mkdir(parents=True)
+    yield folder / "pgdata"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
-def test_a_trust_folder_of_an_older_release_is_upgraded_in_place(tmp_path, running):
+def test_a_trust_folder_of_an_older_release_is_upgraded_in_place(scratch_pgdata, running):
     """Stopped: the password is set in single-user mode before the server listens. Running (an older process still
     uses it): set over the trusted connection, pg_hba.conf rewritten, reloaded. Either way the data stays, a
     connection without the password is refused from then on, and the next start finds it closed."""
     from gstratum.storage.embedded_pg import EmbeddedPostgres, secret_path
 
-    pgdata = tmp_path / "pgdata"
+    pgdata = scratch_pgdata
     old = _trust_folder(pgdata, running)
     try:
         pg = EmbeddedPostgres(pgdata).start()
