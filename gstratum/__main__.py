@@ -262,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      "(for bitcoind -blocknotify, when it has no ZMQ)")
     blocknotify.add_argument("blockhash", nargs="?", help="the %%s bitcoind passes (informational)")
     blocknotify.add_argument("--database-url", dest="database_url", default=os.environ.get("DATABASE_URL"),
-                             help="the pool's database (default DATABASE_URL, else the embedded one in --pgdata)")
+                             help="the pool's database (default DATABASE_URL, else the embedded one in --pgdata, "
+                                  "whose password only its owner can read). Prefer DATABASE_URL: a command line "
+                                  "is visible to every local user")
     blocknotify.add_argument("--pgdata", type=Path, default=Path(".gstratum/pgdata"))
     blocknotify.add_argument("--cluster", default=os.environ.get("GSTRATUM_CLUSTER", "gstratum"))
     blocknotify.set_defaults(func=cmd_blocknotify)

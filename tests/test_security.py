@@ -197,3 +197,35 @@ def test_compose_publishes_only_stratum_beyond_this_host():
     assert "postgresql://luxor:${POSTGRES_PASSWORD:-luxor}@postgres:5432/luxor" in compose
     command = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")][-1]
     assert "--database-url" not in command
+
+
+def test_blocknotify_reaches_the_embedded_postgres_with_its_password(embedded_pg):
+    """`python -m gstratum blocknotify` without a URL finds the embedded server in --pgdata (url_for: the one place
+    that builds its URL) and delivers the notice."""
+    import os
+    import subprocess
+    import sys
+
+    from gstratum.cluster.bus import Bus
+    from gstratum.node.work import BLOCKNOTIFY_CHANNEL
+
+    from .conftest import ROOT, new_cluster_name, wait_until
+
+    cluster = new_cluster_name()
+    listener = psycopg2.connect(embedded_pg.url)
+    listener.autocommit = True
+    try:
+        with listener.cursor() as cur:
+            cur.execute(f'LISTEN "{Bus.channel_of(cluster, BLOCKNOTIFY_CHANNEL)}"')
+        env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+        result = subprocess.run([sys.executable, "-m", "gstratum", "blocknotify", "00ff", "--pgdata",
+                                 str(embedded_pg.pgdata), "--cluster", cluster], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        def heard():
+            listener.poll()
+            return [note.payload for note in listener.notifies]
+
+        assert wait_until(heard) == ['{"block":"00ff"}']
+    finally:
+        listener.close()
