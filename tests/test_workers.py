@@ -10,7 +10,7 @@ import urllib.request
 
 from gstratum.client import StratumClient
 
-from .conftest import ROOT, free_port, query, wait_until
+from .conftest import ROOT, free_port, process_alive, query, wait_until
 
 
 def test_two_workers_share_the_port(schema, tmp_path, db):
@@ -99,6 +99,7 @@ def test_workers_get_the_database_password_in_their_environment_never_on_their_c
             assert secret in environ.read_bytes()                 # the channel it took instead
             assert stat.S_IMODE(environ.stat().st_mode) == 0o400   # readable by the same user only
 
+    seen: list[int] = []
     try:
         pids = _worker_pids(listening(2))
         assert len(pids) == 2
@@ -108,14 +109,17 @@ def test_workers_get_the_database_password_in_their_environment_never_on_their_c
             assert client.subscribe().extranonce1
             assert client.authorize("hidden.rig") is True
         proc.send_signal(signal.SIGHUP)     # rolling restart: two new workers
-        pids = _worker_pids(listening(4))[2:]
+        seen = _worker_pids(listening(4))
+        pids = seen[2:]
         assert len(pids) == 2
         assert_hidden([pid for pid in pids if Path(f"/proc/{pid}").exists()])
         with StratumClient("127.0.0.1", port, timeout=10) as client:
             assert client.subscribe().extranonce1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        proc.send_signal(signal.SIGTERM)    # possibly while the rolling restart still runs
+        assert proc.wait(90) == 0
+    # no worker outlives its supervisor, not even one the restart had replaced but not yet told to drain
+    assert wait_until(lambda: [pid for pid in seen if process_alive(pid)], lambda alive: not alive, timeout=60) == []
     assert "Traceback" not in log_path.read_text()
 
 

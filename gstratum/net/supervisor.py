@@ -64,6 +64,7 @@ class Supervisor:
         self.argv = argv
         self.environment = environment or {}   # secrets for the workers: never on their command line
         self.workers: dict[int, subprocess.Popen] = {}
+        self.retiring: list[subprocess.Popen] = []   # replaced by a rolling restart, until they exit
         self.stopping = False
         self.restarts = 0
 
@@ -81,6 +82,7 @@ class Supervisor:
         """Restart workers that die while we are not stopping (at most one restart per second per worker)."""
         while not self.stopping:
             gevent.sleep(1.0)
+            self.retiring = [proc for proc in self.retiring if proc.poll() is None]
             for index, proc in list(self.workers.items()):
                 code = proc.poll()
                 if code is not None and not self.stopping:
@@ -89,20 +91,28 @@ class Supervisor:
                     self.workers[index] = self._spawn(index)
 
     def rolling_restart(self) -> None:
-        """SIGHUP: for each worker, start its replacement, then ask the old one to drain (SIGUSR1)."""
+        """SIGHUP: for each worker, start its replacement, then ask the old one to drain (SIGUSR1). A stop that
+        comes meanwhile ends the restart and also reaches the workers already replaced (`retiring`): none is left
+        running without a supervisor."""
         for index, old in list(self.workers.items()):
+            if self.stopping:
+                return
+            self.retiring.append(old)
             self.workers[index] = self._spawn(index)
             time.sleep(1.0)   # let the new worker bind before the old one stops accepting
+            if self.stopping:   # stop() has signalled the old one itself
+                return
             old.send_signal(signal.SIGUSR1)
             log.info("worker %d: pid %d replaced by pid %d", index, old.pid, self.workers[index].pid)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> None:
         self.stopping = True
-        for proc in self.workers.values():
+        procs = [*self.workers.values(), *self.retiring]
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
         deadline = time.monotonic() + timeout
-        for proc in self.workers.values():
+        for proc in procs:
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
