@@ -205,15 +205,18 @@ def cmd_blocknotify(args: argparse.Namespace) -> int:
 
     from gstratum.cluster.bus import Bus
     from gstratum.node.work import BLOCKNOTIFY_CHANNEL
-    from gstratum.storage.embedded_pg import DB_NAME, DB_USER, _running_port
+    from gstratum.storage.embedded_pg import EmbeddedPostgresError, running_url
 
     url = args.database_url
     if not url:
-        port = _running_port(args.pgdata.resolve())
-        if port is None:
-            print("blocknotify: give --database-url (no embedded PostgreSQL runs in --pgdata)", file=sys.stderr)
+        try:
+            url = running_url(args.pgdata.resolve())
+        except (EmbeddedPostgresError, OSError) as exc:
+            print(f"blocknotify: {exc}", file=sys.stderr)
             return 2
-        url = f"postgresql://{DB_USER}@127.0.0.1:{port}/{DB_NAME}"
+        if url is None:
+            print("blocknotify: set DATABASE_URL (no embedded PostgreSQL runs in --pgdata)", file=sys.stderr)
+            return 2
     try:
         with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_notify(%s, %s)", (Bus.channel_of(args.cluster, BLOCKNOTIFY_CHANNEL),
@@ -259,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      "(for bitcoind -blocknotify, when it has no ZMQ)")
     blocknotify.add_argument("blockhash", nargs="?", help="the %%s bitcoind passes (informational)")
     blocknotify.add_argument("--database-url", dest="database_url", default=os.environ.get("DATABASE_URL"),
-                             help="the pool's database (default DATABASE_URL, else the embedded one in --pgdata)")
+                             help="the pool's database (default DATABASE_URL, else the embedded one in --pgdata, "
+                                  "whose password only its owner can read). Prefer DATABASE_URL: a command line "
+                                  "is visible to every local user")
     blocknotify.add_argument("--pgdata", type=Path, default=Path(".gstratum/pgdata"))
     blocknotify.add_argument("--cluster", default=os.environ.get("GSTRATUM_CLUSTER", "gstratum"))
     blocknotify.set_defaults(func=cmd_blocknotify)

@@ -71,6 +71,8 @@ class Pool:
         self.metrics = Metrics()
         self.stats = PoolStats()
         self.db = Database(database_url, size=4)
+        # the HTTP API reads on connections of its own, with a statement timeout: never on the writer's
+        self.api_db = http.api_database(database_url) if http_listener is not None and snapshot_dir is None else None
         self.journal = Journal(cfg.journal_dir, self.server_id)
         self.writer = Writer(self.db, batch=cfg.writer_batch, interval=cfg.writer_interval, max_queue=cfg.writer_queue,
                              journal=self.journal, on_write=self.metrics.db_write.observe)
@@ -158,7 +160,8 @@ class Pool:
         if self.snapshot_dir is not None:
             self._running.append(spawn_logged(self._write_snapshots, name="snapshots").kill)
         elif self.http_listener is not None:
-            api = http.StatsApi(self.db, self.snapshots, admin=self.admin.request,
+            self._running.append(self.api_db.close)
+            api = http.StatsApi(self.api_db, self.snapshots, admin=self.admin.request,
                                 admin_token=self.config.admin_token)
             self.http = http.serve(api, self.http_listener)
             self._running.append(functools.partial(self.http.stop, timeout=1))

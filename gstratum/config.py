@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, fields
@@ -72,6 +73,7 @@ class Config:
     pidfile: Path | None = None
     workers: str = "1"
     proxy_protocol: int = 0
+    proxy_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")   # networks a PROXY header is accepted from
     http_host: str = "127.0.0.1"
     http_port: int = 8080             # 0: no HTTP side port
     admin_token: str | None = None    # GSTRATUM_ADMIN_TOKEN; without it the admin endpoints are off
@@ -153,6 +155,10 @@ class Config:
             _check(0 < low <= start <= self.max_difficulty, "listen.difficulty",
                    f"port {spec.port}: difficulty {start} must be within [min_difficulty {low}, max_difficulty]")
 
+        for network in self.proxy_from:
+            _check(_is_network(network), "proxy_from", f"{network!r} must be a network (CIDR) or an address")
+        _check(bool(self.proxy_from) or not self.proxy_protocol, "proxy_from",
+               "must name the load balancers' networks for --proxy-protocol")
         for name in ("database_url", "listen_database_url"):
             url = getattr(self, name)
             _check(url is None or url.startswith(("postgres://", "postgresql://")), name, "must be a postgresql:// URL")
@@ -174,6 +180,14 @@ def _is_hex(text: str, length: int | None = None) -> bool:
     except ValueError:
         return False
     return len(text) % 2 == 0
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _check(ok: bool, name: str, why: str) -> None:
@@ -200,6 +214,18 @@ SECRETS = ("database_url", "listen_database_url", "admin_token", "bitcoind")
 
 def env_name(name: str) -> str:
     return "DATABASE_URL" if name == "database_url" else f"GSTRATUM_{name.upper()}"
+
+
+def secret_environment(config: Config) -> dict[str, str]:
+    """Every secret setting that has a value, as the environment variable that carries it (a list as a comma list).
+    This is how a process hands secrets to its children: a command line is readable by every local user (`ps`,
+    /proc/PID/cmdline), an environment only by the same user."""
+    out = {}
+    for name in SECRETS:
+        value = getattr(config, name)
+        if value:
+            out[env_name(name)] = ",".join(value) if isinstance(value, tuple) else value
+    return out
 
 
 def from_sources(flags: argparse.Namespace | None = None, env: dict | None = None) -> Config:
@@ -298,7 +324,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--host", help="address to listen on (default 0.0.0.0)")
     add("--port", type=int, help="Stratum TCP port (default 3333)")
     add("--database-url", dest="database_url",
-        help="postgresql:// URL; without it an embedded PostgreSQL is started in --pgdata")
+        help="postgresql:// URL; without it an embedded PostgreSQL is started in --pgdata. A password in it is "
+             "visible to every local user on a command line: prefer DATABASE_URL or the config file")
     add("--listen-database-url", dest="listen_database_url",
         help="PostgreSQL URL for the LISTEN connection (job stream, leader lock, admin and session notices); "
              "default --database-url. Set it to PostgreSQL itself when --database-url goes through PgBouncer in "
@@ -329,6 +356,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--workers", help="worker processes sharing the port with SO_REUSEPORT: a number or auto (default 1)")
     add("--proxy-protocol", dest="proxy_protocol", action="store_const", const=1,
         help="expect a HAProxy PROXY v1/v2 header on every connection and record the address it names")
+    add("--proxy-from", dest="proxy_from", action="append", metavar="CIDR",
+        help="with --proxy-protocol, accept connections only from these networks (the load balancers; repeatable; "
+             "default 127.0.0.0/8 and ::1): anyone else could name any source address in a header")
     add("--http-host", dest="http_host", help="HTTP side port address: metrics, API, dashboard (127.0.0.1)")
     add("--http-port", dest="http_port", type=int, help="HTTP side port (default 8080; 0 turns it off)")
     add("--retention-days", dest="retention_days", type=int, help="drop daily share partitions older than this (30)")

@@ -107,3 +107,30 @@ def test_a_server_runs_from_the_file_alone(schema, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_proxy_from_defaults_to_loopback_and_comes_from_flags_environment_or_file(tmp_path):
+    assert from_sources(parse(), env={}).proxy_from == ("127.0.0.0/8", "::1/128")
+    cfg = from_sources(parse("--proxy-from", "10.0.0.0/24", "--proxy-from", "192.0.2.7"), env={})
+    assert cfg.proxy_from == ("10.0.0.0/24", "192.0.2.7")
+    assert from_sources(parse(), env={"GSTRATUM_PROXY_FROM": "10.1.0.0/16, fd00::/8"}).proxy_from == (
+        "10.1.0.0/16", "fd00::/8")
+    path = tmp_path / "p.toml"
+    path.write_text('proxy_protocol = true\nproxy_from = ["10.2.0.0/16"]\n')
+    cfg = from_sources(parse("--config", str(path)), env={})
+    assert cfg.proxy_protocol == 1 and cfg.proxy_from == ("10.2.0.0/16",)
+    with pytest.raises(ConfigError, match="proxy_from"):
+        from_sources(parse("--proxy-from", "10.0.0.0/33"), env={})
+    path.write_text('proxy_protocol = true\nproxy_from = []\n')
+    with pytest.raises(ConfigError, match="proxy_from"):
+        from_sources(parse("--config", str(path)), env={})
+
+
+def test_secrets_travel_as_environment_variables():
+    cfg = Config(database_url="postgresql://u:pw@h/d", bitcoind=("http://a:pw@n1:8332", "http://n2:8332"),
+                 payout_address="bcrt1qdavt4j2sd7dlhqsavtnfxvzppw6k7qy97tmnu9", admin_token="t0ken")
+    env = _config.secret_environment(cfg)
+    assert env == {"DATABASE_URL": "postgresql://u:pw@h/d", "GSTRATUM_BITCOIND": "http://a:pw@n1:8332,http://n2:8332",
+                   "GSTRATUM_ADMIN_TOKEN": "t0ken"}
+    back = from_sources(parse(), env=dict(env, GSTRATUM_PAYOUT_ADDRESS=cfg.payout_address))   # read back the same
+    assert back.bitcoind == cfg.bitcoind and back.database_url == cfg.database_url

@@ -238,7 +238,9 @@ def test_the_embedded_postgres_is_stopped_only_by_its_last_user(tmp_path):
         with StratumClient("127.0.0.1", ports[1]) as client:
             client.subscribe()
             client.authorize("last.user")
-        url = f"postgresql://postgres@127.0.0.1:{pg_port}/gstratum"
+        from gstratum.storage.embedded_pg import url_for
+
+        url = url_for(pgdata.resolve(), pg_port)
 
         def authorized():
             with psycopg2.connect(url) as conn, conn.cursor() as cur:

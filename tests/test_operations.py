@@ -17,7 +17,7 @@ from gstratum.storage.db import Database
 from gstratum.client.work import mine
 from gstratum.storage.retention import Retention, partition_name, plan
 
-from .conftest import ROOT, query, wait_until
+from .conftest import ROOT, query, wait_rows, wait_until
 
 TOKEN = "test-admin-token-0123456789"
 
@@ -225,3 +225,118 @@ def test_metrics_sum_workers_even_when_one_runs_the_previous_release():
     assert metric(text, "gstratum_gc_pause_seconds_count") == 1
     assert metric(text, "gstratum_notify_fanout_seconds_count") == 2
     assert metric(text, "gstratum_miners_connected") == 2
+
+
+# -- the API never costs the pool its writes ------------------------------------------------------------------------
+
+def test_the_api_cache_shares_one_computation_expires_and_stays_bounded():
+    import gevent
+    import psycopg2
+
+    from gstratum.ops.http import ResponseCache
+
+    now = [0.0]
+    cache = ResponseCache(ttl=2.0, size=3, clock=lambda: now[0])
+    calls = []
+
+    def compute(key):
+        def run():
+            calls.append(key)
+            gevent.sleep(0.01)     # requests arriving meanwhile wait for this computation
+            return key.upper()
+        return run
+
+    jobs = [gevent.spawn(cache.get, "/a", compute("/a")) for _ in range(10)]
+    gevent.joinall(jobs)
+    assert [job.value for job in jobs] == ["/A"] * 10 and calls == ["/a"]
+    assert cache.get("/a", compute("/a")) == "/A" and calls == ["/a"]
+    now[0] = 2.5                  # expired: computed again
+    assert cache.get("/a", compute("/a")) == "/A" and calls == ["/a", "/a"]
+    for i in range(100):          # as many distinct paths as there are workers: only the newest `size` are kept
+        cache.get(f"/api/workers/w{i}", compute(f"/api/workers/w{i}"))
+    assert len(cache) == 3
+
+    def fails():
+        gevent.sleep(0.01)
+        raise psycopg2.OperationalError("down")
+
+    jobs = [gevent.spawn(cache.get, "/b", fails) for _ in range(3)]
+    gevent.joinall(jobs)
+    assert all(isinstance(job.exception, psycopg2.OperationalError) for job in jobs)
+    assert cache.get("/b", compute("/b")) == "/B"     # a failure is not kept
+
+
+def _fetch_all(server, paths: list[str], timeout: float = 30.0) -> tuple[list, list]:
+    """GET every path at once, one thread each: (results, threads). Once the threads are joined, each result is
+    (HTTP status or the error, seconds)."""
+    import threading
+
+    results: list = [None] * len(paths)
+
+    def fetch(index: int, path: str) -> None:
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}", timeout=timeout) as response:
+                response.read()
+                results[index] = (response.status, time.monotonic() - started)
+        except urllib.error.HTTPError as exc:
+            results[index] = (exc.code, time.monotonic() - started)
+        except OSError as exc:
+            results[index] = (repr(exc), time.monotonic() - started)
+
+    threads = [threading.Thread(target=fetch, args=(i, path), daemon=True) for i, path in enumerate(paths)]
+    for thread in threads:
+        thread.start()
+    return results, threads
+
+
+def test_many_concurrent_api_requests_cost_a_bounded_number_of_queries(start_server):
+    """Every open dashboard polls /api/pool and /api/workers every 3 s: 40 requests at once cost one computation
+    per path (4 transactions for /api/pool, 2 for /api/workers), not 40."""
+    server = start_server("--notify-interval", "30")
+    before = metric(get(server, "/metrics"), "gstratum_api_db_transactions_total")
+    results, threads = _fetch_all(server, ["/api/pool", "/api/workers"] * 20)
+    for thread in threads:
+        thread.join(60)
+    assert [status for status, _ in results] == [200] * 40, results
+    text = get(server, "/metrics")
+    spent = metric(text, "gstratum_api_db_transactions_total") - before
+    # one computation per path, or a few if the 2 s cache period ran out in the middle of the burst on a slow machine
+    assert 6 <= spent <= 3 * 6, spent
+    assert metric(text, "gstratum_api_cache_hits_total") >= 40 - 3 * 2
+
+
+def test_a_blocked_api_read_costs_a_503_and_never_the_writers_connections(start_server, schema, db):
+    """A read that cannot finish (here: a lock the test holds on `blocks`, which only the API reads) is cut off by
+    the API's statement timeout and answered 503; it runs on the API's own connections, so meanwhile the writer
+    keeps writing share rows. Before, the API borrowed the writer's four connections without a time limit."""
+    import psycopg2
+
+    # nbits far above any share here: no share is a block candidate, so the writer never needs `blocks`
+    server = start_server("--difficulty", "0.00002", "--notify-interval", "2", "--nbits", "1903a30c")
+    worker = f"blocked.{time.time_ns()}"
+    locker = psycopg2.connect(schema)
+    try:
+        with server.miner(worker) as client:
+            with locker.cursor() as cur:     # held until the rollback below
+                cur.execute("LOCK TABLE blocks IN ACCESS EXCLUSIVE MODE")
+            paths = ["/api/blocks", "/api/pool", "/api/workers", f"/api/workers/{worker}", "/api/users/blocked"] * 2
+            results, threads = _fetch_all(server, paths)
+            report = mine(client, worker, duration=2)
+            rows = wait_rows(db, "SELECT count(*) FROM shares WHERE worker = %s AND accepted", worker,
+                             expect=[(report.accepted,)])
+            assert report.accepted > 0 and rows == [(report.accepted,)]
+            for thread in threads:
+                thread.join(60)
+        assert [status for status, _ in results] == [503] * len(paths), results
+        assert max(seconds for _, seconds in results) < 15, results     # about the 2 s timeout, not the lock's life
+    finally:
+        locker.rollback()
+        locker.close()
+    assert wait_until(lambda: _status(server, "/api/blocks"), lambda status: status == 200) == 200   # not cached
+
+
+def _status(server, path: str):
+    results, threads = _fetch_all(server, [path])
+    threads[0].join(30)
+    return results[0][0]

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gstratum.client import StratumClient
-from gstratum.protocol.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse
+from gstratum.protocol.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, TrustedSources, parse
 
 from .conftest import free_port, new_cluster_name, query, wait_until
 
@@ -117,6 +117,57 @@ def test_behind_haproxy_two_servers_one_job_stream_real_addresses(start_server, 
     finally:
         haproxy.terminate()
         haproxy.wait(10)
+
+
+def test_trusted_sources_are_networks_and_addresses_of_either_family():
+    loopback = TrustedSources(["127.0.0.0/8", "::1"])
+    assert loopback.allows("127.0.0.1") and loopback.allows("127.9.9.9") and loopback.allows("::1")
+    assert loopback.allows("::ffff:127.0.0.1")      # an IPv4 peer on a dual-stack socket
+    assert not loopback.allows("10.0.0.1") and not loopback.allows("::2") and not loopback.allows("not an address")
+    balancers = TrustedSources(["10.0.0.0/24", "2001:db8::/32"])
+    assert balancers.allows("10.0.0.200") and balancers.allows("2001:db8::5") and not balancers.allows("fe80::1%lo")
+    assert not balancers.allows("10.0.1.1") and not balancers.allows("127.0.0.1")
+
+
+def forged_source() -> tuple[str, int]:
+    """A source address and port no other test names (TEST-NET-2, 198.51.100.0/24)."""
+    value = time.time_ns()
+    return f"198.51.100.{value % 250 + 1}", 1024 + (value // 250) % 60000
+
+
+def test_a_peer_outside_proxy_from_is_closed_and_its_header_never_believed(start_server, db):
+    """Anyone who reaches the port directly could name any source in a well-formed header and so escape the
+    per-address caps: with --proxy-from, a peer outside those networks is closed before its header is read."""
+    from .test_operations import get, metric
+
+    server = start_server("--proxy-protocol", "--proxy-from", "10.0.0.0/8", "--proxy-from", "192.0.2.1")
+    source, source_port = forged_source()
+    with socket.create_connection((server.host, server.port), timeout=5) as s:   # from 127.0.0.1
+        s.sendall(f"PROXY TCP4 {source} 10.0.0.1 {source_port} 3333\r\n".encode()
+                  + b'{"id": 1, "method": "mining.subscribe", "params": []}\n')
+        s.settimeout(5)
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:   # closed with our bytes unread: the kernel answers with a reset
+            pass
+    assert metric(get(server, "/metrics"), "gstratum_miners_dropped_total", '{reason="proxy source"}') == 1
+    assert server.stop() == 0       # every row written: none may name the forged source
+    assert query(db, "SELECT count(*) FROM connections WHERE remote_addr = %s AND remote_port = %s",
+                 source, source_port) == [(0,)]
+    assert "refused connections (proxy source): 1 so far, the last from 127.0.0.1" in server.log()
+
+
+def test_a_balancer_on_loopback_is_believed_by_default(start_server, db):
+    server = start_server("--proxy-protocol")
+    source, source_port = forged_source()
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(f"PROXY TCP4 {source} 127.0.0.1 {source_port} 3333\r\n".encode()
+                  + b'{"id": 1, "method": "mining.subscribe", "params": []}\n')
+        s.settimeout(5)
+        assert b'"result"' in s.recv(4096)
+    rows = wait_until(lambda: query(db, "SELECT count(*) FROM connections WHERE remote_addr = %s AND remote_port = %s",
+                                    source, source_port), lambda r: r == [(1,)])
+    assert rows == [(1,)]
 
 
 def test_without_header_the_connection_is_closed(start_server):

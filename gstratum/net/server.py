@@ -84,6 +84,7 @@ class StratumServer:
         self.handlers = LoggedPool(config.max_connections + 256)  # headroom so over-cap connections can be refused
         self._servers: list[StreamServer] = []
         self.cost_policy = CostPolicy(soft=config.cost_soft, hard=config.cost_hard)
+        self.proxy_sources = proxy_protocol.TrustedSources(config.proxy_from)
         self.per_ip: dict[str, int] = {}
         self._sweeper = None
         self._broadcasting = gevent.lock.Semaphore()
@@ -108,12 +109,13 @@ class StratumServer:
     def dropped(self, reason: str) -> None:
         self.metrics.drop(reason)
 
-    def _refuse(self, sock, reason: str) -> None:
+    def _refuse(self, sock, reason: str, peer: str | None = None) -> None:
         """Over a cap: close at once, before any state, row or greenlet beyond this one exists."""
         self.dropped(reason)
         count = self.metrics.dropped[reason]
         if count in (1, 10, 100) or count % 1000 == 0:
-            log.warning("refused connections (%s): %d so far", reason, count)
+            last = f", the last from {peer}" if peer else ""
+            log.warning("refused connections (%s): %d so far%s", reason, count, last)
         try:
             sock.close()
         except OSError:
@@ -153,6 +155,8 @@ class StratumServer:
     def _handle(self, port: Port, sock, address) -> None:
         initial = b""
         if self.config.proxy_protocol:
+            if not self.proxy_sources.allows(address[0]):   # not a balancer: its header would be believed
+                return self._refuse(sock, "proxy source", address[0])
             header = self._read_proxy_header(sock, address)
             if header is None:
                 return self._refuse(sock, "proxy header")

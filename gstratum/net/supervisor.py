@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 import gevent
 import gevent.event
 import ujson
 
+from gstratum.config import env_name, secret_environment
 from gstratum.greenlets import spawn_logged, stop_greenlet
 
 log = logging.getLogger(__name__)
@@ -28,32 +30,46 @@ log = logging.getLogger(__name__)
 WORKER_ENV = "GSTRATUM_WORKER"
 
 
-def worker_argv(argv: list[str], database_url: str) -> list[str]:
-    """Our own command line with --workers and --takeover removed and the resolved database URL added."""
+def worker_environment(cfg, database_url: str) -> dict[str, str]:
+    """The secrets a worker needs, as environment variables: the resolved database URL (the embedded server's
+    carries its password) and every other secret setting (see config.secret_environment)."""
+    return {**secret_environment(cfg), env_name("database_url"): database_url}
+
+
+def worker_argv(argv: list[str], secrets: Iterable[str]) -> list[str]:
+    """Our own command line for a worker: --workers and --takeover removed, and every flag whose value is one of
+    `secrets` (in any spelling argparse accepts: `--flag VALUE`, `--flag=VALUE`, an abbreviation), since a command
+    line is world-readable; the worker finds those values in its environment instead (worker_environment)."""
+    hidden = {value for value in secrets if value}
     out, skip = [], False
-    for arg in argv:
+    for index, arg in enumerate(argv):
         if skip:
             skip = False
             continue
-        if arg in ("--workers", "--database-url"):
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if arg == "--workers" or (arg.startswith("--") and "=" not in arg and following in hidden):
             skip = True
             continue
-        if arg.startswith(("--workers=", "--database-url=")) or arg == "--takeover":
+        if arg.startswith("--workers=") or arg == "--takeover" or arg in hidden:
+            continue
+        if arg.startswith("--") and arg.partition("=")[2] in hidden:
             continue
         out.append(arg)
-    return out + ["--workers", "1", "--database-url", database_url]
+    return out + ["--workers", "1"]
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: list[str]) -> None:
+    def __init__(self, count: int, argv: list[str], environment: dict[str, str] | None = None) -> None:
         self.count = count
         self.argv = argv
+        self.environment = environment or {}   # secrets for the workers: never on their command line
         self.workers: dict[int, subprocess.Popen] = {}
+        self.retiring: list[subprocess.Popen] = []   # replaced by a rolling restart, until they exit
         self.stopping = False
         self.restarts = 0
 
     def _spawn(self, index: int) -> subprocess.Popen:
-        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        env = dict(os.environ, **self.environment, **{WORKER_ENV: str(index)})
         proc = subprocess.Popen([sys.executable, "-m", "gstratum", *self.argv], env=env)
         log.info("worker %d started (pid %d)", index, proc.pid)
         return proc
@@ -66,6 +82,7 @@ class Supervisor:
         """Restart workers that die while we are not stopping (at most one restart per second per worker)."""
         while not self.stopping:
             gevent.sleep(1.0)
+            self.retiring = [proc for proc in self.retiring if proc.poll() is None]
             for index, proc in list(self.workers.items()):
                 code = proc.poll()
                 if code is not None and not self.stopping:
@@ -74,20 +91,28 @@ class Supervisor:
                     self.workers[index] = self._spawn(index)
 
     def rolling_restart(self) -> None:
-        """SIGHUP: for each worker, start its replacement, then ask the old one to drain (SIGUSR1)."""
+        """SIGHUP: for each worker, start its replacement, then ask the old one to drain (SIGUSR1). A stop that
+        comes meanwhile ends the restart and also reaches the workers already replaced (`retiring`): none is left
+        running without a supervisor."""
         for index, old in list(self.workers.items()):
+            if self.stopping:
+                return
+            self.retiring.append(old)
             self.workers[index] = self._spawn(index)
             time.sleep(1.0)   # let the new worker bind before the old one stops accepting
+            if self.stopping:   # stop() has signalled the old one itself
+                return
             old.send_signal(signal.SIGUSR1)
             log.info("worker %d: pid %d replaced by pid %d", index, old.pid, self.workers[index].pid)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> None:
         self.stopping = True
-        for proc in self.workers.values():
+        procs = [*self.workers.values(), *self.retiring]
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
         deadline = time.monotonic() + timeout
-        for proc in self.workers.values():
+        for proc in procs:
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
@@ -117,7 +142,7 @@ def serve_http(cfg, database_url: str):
     from gstratum.storage.db import Database
     from gstratum.storage.records import make_server_id
 
-    db = Database(database_url, size=2)
+    db = Database(database_url, size=2)   # admin actions: their row and the NOTIFY
     bus = Bus(cfg.listen_database_url or database_url, db, cfg.cluster, make_server_id())   # publish only
     directory = cfg.runtime_dir / str(cfg.port)
 
@@ -128,13 +153,15 @@ def serve_http(cfg, database_url: str):
                         (action, worker, ujson.dumps(params), source))
         return {"published": bus.publish(ADMIN_CHANNEL, {"action": action, "worker": worker, "params": params})}
 
-    api = http.StatsApi(db, functools.partial(read_snapshots, directory), admin=admin, admin_token=cfg.admin_token)
+    api = http.StatsApi(http.api_database(database_url), functools.partial(read_snapshots, directory), admin=admin,
+                        admin_token=cfg.admin_token)
     return http.serve(api, open_listener(cfg.http_host, cfg.http_port, share=False))
 
 
-def supervise(count: int, database_url: str, argv: list[str], cfg=None) -> int:
-    supervisor = Supervisor(count, worker_argv(argv, database_url))
-    if cfg is not None and cfg.http_port:
+def supervise(count: int, database_url: str, argv: list[str], cfg) -> int:
+    flag_secrets = (database_url, cfg.database_url, cfg.listen_database_url, *cfg.bitcoind)   # secret flags' values
+    supervisor = Supervisor(count, worker_argv(argv, flag_secrets), worker_environment(cfg, database_url))
+    if cfg.http_port:
         serve_http(cfg, database_url)
     stopped = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stopped.set)

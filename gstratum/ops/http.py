@@ -4,21 +4,31 @@ API, the dashboard at /, and token-protected admin actions.
 The API reads the `worker_minutes` rollup and small tables only, never the raw shares; live numbers (miners online,
 current difficulty, recent jobs) come from process snapshots — this process's own, or with --workers every
 worker's, summed by the supervisor that serves this port.
+
+A dashboard must never cost the pool its writes: the API reads on its own small connection pool (`api_database`),
+never the writer's, every read transaction is cut off by `statement_timeout` (an HTTP 503 then), and the answers of
+the read endpoints are cached per path for a few seconds, so any number of open dashboards costs one computation
+per path and period.
 """
 from __future__ import annotations
 
 import hmac
 import logging
+import time
+from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import unquote
 
+import gevent.event
 import psycopg2
 import ujson
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gstratum.storage import rollup
+from gstratum.storage.db import STATEMENT_CANCELLED, Database, PoolBusy
 from gstratum.ops.admin import ACTIONS as ADMIN_ACTION_NAMES
 from gstratum.ops.metrics import PoolCollector
 from gstratum.errors import first_line
@@ -27,6 +37,72 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 64 * 1024
+API_STATEMENT_TIMEOUT = 2.0   # seconds a read may take (and wait for one of the API's connections); then 503
+API_POOL_SIZE = 2
+API_CACHE_SECONDS = 2.0       # an answer of a read endpoint is served again for this long (the dashboard polls at 3 s)
+API_CACHE_PATHS = 512         # distinct paths kept (/api/workers/<name> has as many as there are workers)
+
+
+def api_database(url: str) -> Database:
+    """The API's own connections: a slow or blocked read can only cost an HTTP 503, never a writer's connection."""
+    return Database(url, size=API_POOL_SIZE, application_name="gstratum-api",
+                    statement_timeout=API_STATEMENT_TIMEOUT, wait=API_STATEMENT_TIMEOUT)
+
+
+class ResponseCache:
+    """Answers per key (the request path) for `ttl` seconds. A request that finds a computation of its key under way
+    waits for that one instead of starting its own, so N concurrent dashboards cost one. At most `size` keys are
+    kept, the least recently used dropped first: distinct paths cannot grow it without bound. Failures are not kept
+    (they are shared with the requests that waited for them)."""
+
+    def __init__(self, ttl: float = API_CACHE_SECONDS, size: int = API_CACHE_PATHS, clock=time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self.hits = 0
+        self._answers: OrderedDict = OrderedDict()     # key -> (expires at, answer)
+        self._pending: dict[str, gevent.event.AsyncResult] = {}
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: str, compute):
+        entry = self._answers.get(key)
+        if entry is not None and entry[0] > self.clock():
+            self._answers.move_to_end(key)
+            self.hits += 1
+            return entry[1]
+        pending = self._pending.get(key)
+        if pending is not None:
+            self.hits += 1
+            return pending.get()
+        pending = self._pending[key] = gevent.event.AsyncResult()
+        try:
+            answer = compute()
+        except BaseException as exc:
+            pending.set_exception(exc if isinstance(exc, Exception) else RuntimeError("computation interrupted"))
+            raise
+        finally:
+            del self._pending[key]
+        self._answers[key] = (self.clock() + self.ttl, answer)
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+        pending.set(answer)
+        return answer
+
+
+class ApiCollector:
+    """/metrics: what the API costs the database (its transactions) and how often the cache answered instead."""
+
+    def __init__(self, api: "StatsApi") -> None:
+        self.api = api
+
+    def collect(self):
+        yield CounterMetricFamily("gstratum_api_db_transactions", "database transactions run by the HTTP API",
+                                  value=self.api.db.transactions)
+        yield CounterMetricFamily("gstratum_api_cache_hits", "API answers served from the per-path cache",
+                                  value=self.api.cache.hits)
 
 
 class HttpError(Exception):
@@ -37,31 +113,43 @@ class HttpError(Exception):
 
 
 class StatsApi:
-    """WSGI application. `snapshots()` -> list of process snapshots; `admin(action, worker, params, source)`."""
+    """WSGI application. `db`: the API's own Database (`api_database`); `snapshots()` -> list of process snapshots;
+    `admin(action, worker, params, source)`."""
 
-    def __init__(self, db, snapshots, admin=None, admin_token: str | None = None) -> None:
+    def __init__(self, db, snapshots, admin=None, admin_token: str | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.db = db
         self.snapshots = snapshots
         self.admin = admin
         self.admin_token = admin_token
+        self.cache = cache if cache is not None else ResponseCache()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PoolCollector(self.snapshots))
+        self.registry.register(ApiCollector(self))
 
     # -- WSGI -----------------------------------------------------------------------------------------------------
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD", "GET")
         try:
-            status, content_type, body = self.route(method, path, environ)
-        except HttpError as err:
-            status, content_type, body = err.status, "application/json", _json({"error": err.message})
+            if method == "GET" and path.startswith("/api/"):   # the read endpoints: one computation per path and period
+                status, content_type, body = self.cache.get(path, lambda: self.answer(method, path, environ))
+            else:
+                status, content_type, body = self.answer(method, path, environ)
         except psycopg2.Error as exc:
             log.warning("stats API: database error: %s", first_line(exc))
-            status, content_type, body = "503 Service Unavailable", "application/json", _json(
-                {"error": "database unavailable"})
+            reason = "database too slow" if isinstance(exc, (STATEMENT_CANCELLED, PoolBusy)) else "database unavailable"
+            status, content_type, body = "503 Service Unavailable", "application/json", _json({"error": reason})
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
                                 ("Cache-Control", "no-store")])
         return [body]
+
+    def answer(self, method: str, path: str, environ) -> tuple[str, str, bytes]:
+        """(status, content type, body); an HttpError (a 404 for an unknown worker, say) is an answer too."""
+        try:
+            return self.route(method, path, environ)
+        except HttpError as err:
+            return err.status, "application/json", _json({"error": err.message})
 
     def route(self, method: str, path: str, environ) -> tuple[str, str, bytes]:
         if method == "POST" and path.startswith("/api/admin/"):

@@ -4,11 +4,16 @@ when gstratum runs behind a TCP load balancer (`--proxy-protocol`).
 `parse(buffer)` returns None while more bytes are needed, or (source address or None, header length); anything
 that is not a valid header raises ProxyHeaderError and the connection is closed (a connection that skips the load
 balancer must not be able to claim an address).
+
+A header is believed only from the balancers (`TrustedSources`, `--proxy-from`, loopback by default): anyone else
+who can reach the port directly could send a well-formed header naming any source, and so escape the per-address
+caps and have forged addresses recorded.
 """
 from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Iterable
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107
@@ -73,3 +78,21 @@ def _parse_v2(buffer: bytes) -> tuple[Address | None, int] | None:
     source = ipaddress.ip_address(body[:size])
     port = struct.unpack("!H", body[2 * size:2 * size + 2])[0]
     return (str(source), port), total
+
+
+class TrustedSources:
+    """The networks whose connections may carry a PROXY header (CIDRs, or single addresses)."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(network, strict=False) for network in networks)
+
+    def allows(self, host: str) -> bool:
+        """Whether a TCP peer at `host` is one of ours (an IPv4 peer seen on a dual-stack socket as ::ffff:a.b.c.d
+        counts as a.b.c.d)."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import gevent.lock
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,32 @@ SCHEMA_COLUMNS = ("jobs.cluster", "blocks.status", "blocks.username", "blocks.re
 
 # Errors after which a connection may be broken: drop it rather than return it to the pool.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# ... except a statement cancelled by statement_timeout: the connection is sound, only that transaction failed.
+STATEMENT_CANCELLED = psycopg2.errors.QueryCanceled
+
+
+class PoolBusy(psycopg2.OperationalError):
+    """No connection of the pool became free within its `wait`."""
 
 
 class Database:
-    """Hands out connections (autocommit off) from a bounded pool; reconnects lazily."""
+    """Hands out connections (autocommit off) from a bounded pool; reconnects lazily.
 
-    def __init__(self, url: str, size: int = 4, connect_timeout: float = 5.0, application_name: str = "gstratum"):
+    `statement_timeout` (seconds): every transaction on a non-autocommit connection starts with `SET LOCAL
+    statement_timeout`, so a slow statement is cancelled (QueryCanceled) instead of holding the connection. SET LOCAL
+    rather than a startup option, because a startup option is refused by PgBouncer in transaction mode.
+    `wait` (seconds): how long `connection()` waits for a free connection before raising PoolBusy (None: forever).
+    `transactions` counts the units of work handed out (each one transaction)."""
+
+    def __init__(self, url: str, size: int = 4, connect_timeout: float = 5.0, application_name: str = "gstratum",
+                 statement_timeout: float | None = None, wait: float | None = None):
         self.url = url
         self.size = size
         self.connect_timeout = connect_timeout
         self.application_name = application_name
+        self.statement_timeout = statement_timeout
+        self.wait = wait
+        self.transactions = 0
         self._idle: list[psycopg2.extensions.connection] = []
         self._slots = gevent.lock.BoundedSemaphore(size)
         self._closed = False
@@ -54,28 +71,43 @@ class Database:
         """A connection for one unit of work; committed on success, rolled back (or discarded) on error.
         `autocommit`: no BEGIN/COMMIT round trips; a single execute of several statements is still one
         transaction (PostgreSQL's simple query protocol)."""
-        with self._slots:
+        if not self._slots.acquire(timeout=self.wait):
+            raise PoolBusy(f"no free database connection within {self.wait:.0f}s")
+        try:
             conn = self._idle.pop() if self._idle else self._connect()
+            self.transactions += 1
             try:
                 conn.autocommit = autocommit   # a client-side flag: no round trip
+                if self.statement_timeout is not None and not autocommit:
+                    with conn.cursor() as cur:
+                        cur.execute("SET LOCAL statement_timeout = %s", (int(self.statement_timeout * 1000),))
                 yield conn
                 conn.commit()
-            except CONNECTION_ERRORS:
-                _close_quietly(conn)
-                raise
-            except BaseException:
-                try:
-                    conn.rollback()
-                except CONNECTION_ERRORS:
+            except CONNECTION_ERRORS as exc:
+                if not isinstance(exc, STATEMENT_CANCELLED):
                     _close_quietly(conn)
                     raise
-                if not self._closed:
-                    self._idle.append(conn)
+                self._rollback_and_keep(conn)
+                raise
+            except BaseException:
+                self._rollback_and_keep(conn)
                 raise
             if self._closed or conn.closed:
                 _close_quietly(conn)
             else:
                 self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    def _rollback_and_keep(self, conn) -> None:
+        """After an error in the work itself: roll back and keep the connection (dropped if the rollback fails)."""
+        try:
+            conn.rollback()
+        except CONNECTION_ERRORS:
+            _close_quietly(conn)
+            raise
+        if not self._closed:
+            self._idle.append(conn)
 
     def schema_present(self) -> bool:
         """True when every table and the sequence exist: a least-privilege role then needs no DDL."""
