@@ -26,7 +26,8 @@ from gstratum.greenlets import spawn_logged
 from gstratum.mining import bitcoin
 from gstratum.mining.jobs import JobBook, RandomJobSource
 from gstratum.node.rpc import NodeClient, Nodes
-from gstratum.node.work import BlockKeeper, BlockSubmitter, NodeWork
+from gstratum.node.blocks import BlockKeeper, BlockSubmitter
+from gstratum.node.work import NodeWork
 from gstratum.net.server import Port, StratumServer
 from gstratum.ops import http
 from gstratum.ops.admin import AdminActions
@@ -36,6 +37,7 @@ from gstratum.ops.tuning import watch_loop
 from gstratum.protocol.session import Services, Session
 from gstratum.protocol.vardiff import VardiffPolicy
 from gstratum.storage.allocator import SequenceAllocator
+from gstratum.storage.blocks import BlockFiles, BlockLedger
 from gstratum.storage.db import Database
 from gstratum.storage.journal import Journal
 from gstratum.storage.records import Recorder, make_server_id
@@ -78,10 +80,11 @@ class Pool:
         self.retention = Retention(self.db, cfg.retention_days, leadership=self.bus)
         self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.bus)
         self.book = JobBook()
-        self.nodes = self.node_work = self.submitter = self.keeper = None
+        self.nodes = self.node_work = self.submitter = self.keeper = self.ledger = None
         if cfg.bitcoind:    # Bitcoin Core: every process asks the node itself, nothing is shared over the bus
             self.nodes = Nodes([NodeClient(url, cfg.bitcoind_cookie) for url in cfg.bitcoind], self.metrics)
-            self.keeper = BlockKeeper(self.db, self.nodes, leadership=self.bus)
+            self.ledger = BlockLedger(self.db)
+            self.keeper = BlockKeeper(self.ledger, self.nodes, leadership=self.bus, cluster=cfg.cluster)
         vardiff = VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
                                 retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
                                 max_difficulty=cfg.max_difficulty)
@@ -107,7 +110,9 @@ class Pool:
                                       cfg.coinbase_tag.encode(), 8 + cfg.extranonce2_size, cfg.template_refresh,
                                       cfg.block_poll, cfg.zmq_hashblock, bus=self.bus, solo=bool(cfg.solo),
                                       solo_fee=cfg.solo_fee, max_template_age=cfg.max_template_age)
-            self.submitter = BlockSubmitter(self.nodes, self.node_work, self.recorder, self.metrics)
+            self.submitter = BlockSubmitter(self.nodes, self.node_work, self.ledger,
+                                            BlockFiles(cfg.journal_dir / "blocks"), self.metrics,
+                                            self.recorder.new_id, cfg.cluster, leadership=self.bus)
         self.admin = AdminActions(self.server, self.bus, self.recorder)
         self.http_listener = http_listener
         self.http = None
@@ -143,7 +148,9 @@ class Pool:
         self._wait_for_database()
         self.retention.ensure_partitions()   # before the first share, so none lands in shares_default
         work = self.node_work if self.node_work is not None else self.job_stream
-        for part in (self.writer, self.allocator, self.bus, work, self.server):
+        # the block submitter before the work: blocks left pending by a previous process are resubmitted at once
+        submitter = (self.submitter,) if self.submitter is not None else ()
+        for part in (self.writer, self.allocator, self.bus, *submitter, work, self.server):
             part.start()
             self._running.append(part.stop)
         if self.keeper is not None:
@@ -169,7 +176,8 @@ class Pool:
                 "writer_queue": writer.pending, "journal_bytes": self.journal.bytes_on_disk,
                 "extranonce_reserve": self.allocator.reserve, "counters": self.metrics.counters(),
                 "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent),
-                "template_age": self.template_age(), "nodes": self.node_status(), **self.readiness()}
+                "template_age": self.template_age(), "nodes": self.node_status(),
+                "blocks_pending": self.submitter.pending if self.submitter is not None else 0, **self.readiness()}
 
     def _on_block(self, found: dict) -> None:
         """A share met the network target: with a node, assembled and submitted; otherwise a recorded candidate."""
