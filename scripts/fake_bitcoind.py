@@ -1733,7 +1733,7 @@ class Node:
 
     def fake_stall(self, seconds: float) -> bool:
         """Hold the node's lock for `seconds`, as Core holds cs_main while it connects a block or builds a
-        template: every chain call waits meanwhile. Returns once the lock is held."""
+        template: every chain call waits meanwhile. Whole seconds. Returns once the lock is held."""
         if not 0 < seconds <= 120:
             raise RpcError(RPC_INVALID_PARAMETER, "seconds must be between 0 and 120")
         held = threading.Event()

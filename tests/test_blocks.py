@@ -18,6 +18,7 @@ from gstratum.mining.blockstatus import STALE_DEPTH
 from .conftest import new_cluster_name, query, wait_until
 from .nodes import FakeNode
 from .test_node_mining import POOL_ADDRESS, _display_prevhash, get, node_flags
+from .test_security import app_role_url  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +70,7 @@ def test_a_block_found_while_the_node_is_down_reaches_the_chain_when_it_is_back(
     assert found and found[0][1] == "pending" and found[0][2] >= 4, found
     block_hash, _, _, reason, _ = found[0]
     assert "no node accepted it yet" in reason and "Connection" in reason
-    assert (server.journal_dir / "blocks" / f"{block_hash}.json").exists()    # durable before the first submit
+    assert (server.journal_dir / "blocks" / f"{block_hash}.block").exists()    # durable before the first submit
     listed = [b for b in get(server, "/api/blocks")[1]["blocks"] if b["block_hash"] == block_hash]
     assert listed[0]["status"] == "pending" and listed[0]["attempts"] >= 4 and listed[0]["reason"] == reason
     assert metric(server, "gstratum_blocks_pending") == 1
@@ -80,7 +81,7 @@ def test_a_block_found_while_the_node_is_down_reaches_the_chain_when_it_is_back(
     settled = wait_until(lambda: rows(db, worker), lambda r: r[0][1] != "pending", timeout=45)
     assert settled[0][1] == "submitted", settled
     assert on_active_chain(node, block_hash)
-    assert wait_until(lambda: (server.journal_dir / "blocks" / f"{block_hash}.json").exists(),
+    assert wait_until(lambda: (server.journal_dir / "blocks" / f"{block_hash}.block").exists(),
                       lambda present: not present) is False
     assert metric(server, "gstratum_blocks_pending") == 0
     assert metric(server, "gstratum_block_resubmissions_total") >= 4
@@ -101,7 +102,7 @@ def test_a_pending_block_survives_a_sigkill_of_the_pool(durable_copy, node, star
     found = wait_until(lambda: rows(db, worker), lambda r: r and r[0][1] == "pending", timeout=20)
     assert found and found[0][1] == "pending", found
     block_hash = found[0][0]
-    path = first.journal_dir / "blocks" / f"{block_hash}.json"
+    path = first.journal_dir / "blocks" / f"{block_hash}.block"
     assert path.exists()
     first.stop(signal.SIGKILL)
     if durable_copy == "database row":
@@ -128,6 +129,7 @@ def test_inconclusive_is_pending_until_the_node_has_it_on_its_active_chain(node,
     assert status == "pending" and "inconclusive" in results, found
     assert node.rpc("getblockheader", block_hash)["confirmations"] == -1      # known, not on the active chain
     assert submissions(node, block_hash) == 1      # re-checked, not resubmitted to the node that holds it
+    assert get(server, "/readyz")[0] == 200          # a pending block never stops miners
     node.rpc("fake_setsubmitmode", "normal")
     node.rpc("fake_activatebestchain")              # the node moves onto it
     settled = wait_until(lambda: rows(db, worker), lambda r: r[0][1] != "pending", timeout=45)
@@ -143,7 +145,7 @@ def test_a_block_refused_as_invalid_is_rejected_once_and_not_retried(node, start
     settled = wait_until(lambda: rows(db, worker), lambda r: r and r[0][1] != "pending", timeout=20)
     block_hash, status, attempts, reason, _ = settled[0]
     assert status == "rejected" and "bad-txnmrklroot" in reason and attempts == 1, settled
-    assert not (server.journal_dir / "blocks" / f"{block_hash}.json").exists()
+    assert not (server.journal_dir / "blocks" / f"{block_hash}.block").exists()
     # the retry schedule would have resubmitted within a second: nothing more
     assert wait_until(lambda: submissions(node, block_hash), lambda n: n > 1, timeout=3) == 1
 
@@ -163,7 +165,7 @@ def test_a_pending_block_the_chain_moved_past_ends_stale(node, start_server, db)
     assert settled[0][1] == "stale" and f"{STALE_DEPTH} deep" in settled[0][3], settled
     count = submissions(node, block_hash)
     assert wait_until(lambda: submissions(node, block_hash), lambda n: n > count, timeout=3) == count
-    assert not (server.journal_dir / "blocks" / f"{block_hash}.json").exists()
+    assert not (server.journal_dir / "blocks" / f"{block_hash}.block").exists()
     assert metric(server, "gstratum_blocks_pending") == 0
 
 
@@ -286,3 +288,48 @@ def test_the_keeper_decides_from_the_nodes_that_have_the_chain(tmp_path, schema,
         database.close()
         standby.stop()
         main.stop()
+
+
+def test_status_changes_go_through_one_transaction_as_the_least_privilege_role(app_role_url, db):
+    """BlockLedger.change checks the transition table, inserts a missing row, and runs hooks in its transaction
+    (a payout scheme's balance changes go there): a failing hook leaves the status as it was."""
+    import uuid
+
+    from gstratum.mining.blockstatus import BlockStatus as S, FoundBlock
+    from gstratum.storage.blocks import BlockLedger, Change
+    from gstratum.storage.db import Database
+
+    seen = []
+
+    def hook(cur, row_id, block_hash, old, new):
+        cur.execute("SELECT status FROM blocks WHERE id = %s", (row_id,))
+        seen.append((old, new, cur.fetchone()[0]))
+        if new is S.ORPHANED and len(seen) == 3:
+            raise RuntimeError("the payout side refused")
+
+    raw = bytes(80) + b"\x01"
+    block = FoundBlock(row_id=uuid.uuid4().hex, block_hash=uuid.uuid4().hex * 2, height=7, prevhash="ab" * 32,
+                       block=raw, header=raw[:80].hex(), worker="ledger.rig", username="ledger",
+                       connection_id=uuid.uuid4().hex, job_id="j", reward=1, found_at=time.time(),
+                       cluster=new_cluster_name())
+    database = Database(app_role_url)
+    try:
+        ledger = BlockLedger(database, hooks=[hook])
+        assert ledger.change(block.row_id, S.PENDING, reason="nodes down", attempts=1, block=block) == \
+            Change(None, S.PENDING, True)
+        assert ledger.change(block.row_id, S.SUBMITTED, results={"a": "accepted"}, attempts=2, block=block) == \
+            Change(S.PENDING, S.SUBMITTED, True)
+        assert ledger.change(block.row_id, S.PENDING, block=block) == Change(S.SUBMITTED, S.SUBMITTED, False)
+        with pytest.raises(RuntimeError):
+            ledger.change(block.row_id, S.ORPHANED)
+        assert ledger.change(block.row_id, S.ORPHANED) == Change(S.SUBMITTED, S.ORPHANED, True)
+        assert ledger.change(block.row_id, S.CONFIRMED) == Change(S.ORPHANED, S.CONFIRMED, True)
+        assert ledger.change(block.row_id, S.ORPHANED) == Change(S.CONFIRMED, S.CONFIRMED, False)
+    finally:
+        database.close()
+    assert [(old, new) for old, new, _ in seen] == [(None, S.PENDING), (S.PENDING, S.SUBMITTED),
+                                                    (S.SUBMITTED, S.ORPHANED), (S.SUBMITTED, S.ORPHANED),
+                                                    (S.ORPHANED, S.CONFIRMED)]
+    assert all(status == new.value for _, new, status in seen)     # hooks see the change they act on
+    assert query(db, "SELECT status, attempts, results::text, block_bytes = %s FROM blocks WHERE id = %s",
+                 raw, block.row_id) == [("confirmed", 2, '{"a": "accepted"}', True)]

@@ -95,9 +95,13 @@ def test_a_pending_block_is_stale_only_when_buried_stale_depth_deep():
 
 
 def test_a_found_block_round_trips_through_its_dict():
-    block = FoundBlock(row_id="0" * 32, block_hash=OURS, height=101, prevhash=PARENT, block=b"\x01\x02", header="00",
+    raw = bytes(range(80)) + b"\x01" + bytes(200)
+    block = FoundBlock(row_id="0" * 32, block_hash=OURS, height=101, prevhash=PARENT, block=raw, header=raw[:80].hex(),
                        worker="alice.rig", username="alice", connection_id="1" * 32, job_id="j1", reward=5_000_000_000,
                        found_at=1.5, cluster="gstratum")
     assert FoundBlock.from_dict(block.as_dict()) == block
+    assert FoundBlock.from_dict(block.as_dict(with_block=False), raw) == block
+    with pytest.raises(ValueError):
+        FoundBlock.from_dict(block.as_dict(with_block=False), raw[:-1])      # truncated
     with pytest.raises(KeyError):
         FoundBlock.from_dict({"row_id": "x"})

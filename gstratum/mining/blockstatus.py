@@ -195,17 +195,26 @@ class FoundBlock:
     found_at: float         # epoch seconds
     cluster: str
 
-    def as_dict(self) -> dict:
-        return {"row_id": self.row_id, "block_hash": self.block_hash, "height": self.height,
-                "prevhash": self.prevhash, "block": self.block.hex(), "header": self.header, "worker": self.worker,
-                "username": self.username, "connection_id": self.connection_id, "job_id": self.job_id,
-                "reward": self.reward, "found_at": self.found_at, "cluster": self.cluster}
+    def as_dict(self, with_block: bool = True) -> dict:
+        """The record as JSON-ready values; without the block itself when it travels beside as raw bytes."""
+        data = {"row_id": self.row_id, "block_hash": self.block_hash, "height": self.height,
+                "prevhash": self.prevhash, "header": self.header, "worker": self.worker, "username": self.username,
+                "connection_id": self.connection_id, "job_id": self.job_id, "reward": self.reward,
+                "found_at": self.found_at, "cluster": self.cluster, "size": len(self.block)}
+        if with_block:
+            data["block"] = self.block.hex()
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FoundBlock":
-        """ValueError / KeyError / TypeError when `data` is not a complete block record."""
+    def from_dict(cls, data: dict, block: bytes | None = None) -> "FoundBlock":
+        """`block`: the raw block when it travelled beside the record. ValueError / KeyError / TypeError when `data`
+        is not a complete block record, or the block is not the one it describes (truncated, another header)."""
+        if block is None:
+            block = bytes.fromhex(data["block"])
+        if len(block) != int(data["size"]) or (block and block[:80].hex() != data["header"]):
+            raise ValueError(f"block of {len(block)} bytes does not match its record ({data['size']} bytes)")
         return cls(row_id=str(data["row_id"]), block_hash=str(data["block_hash"]), height=int(data["height"]),
-                   prevhash=data["prevhash"], block=bytes.fromhex(data["block"]), header=str(data["header"]),
+                   prevhash=data["prevhash"], block=block, header=str(data["header"]),
                    worker=str(data["worker"]), username=str(data["username"]),
                    connection_id=str(data["connection_id"]), job_id=str(data["job_id"]),
                    reward=None if data["reward"] is None else int(data["reward"]),

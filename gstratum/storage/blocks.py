@@ -1,8 +1,9 @@
 """Found blocks on disk and in the database: the durable copy that outlives a crash, and the one function that
 changes a block's status.
 
-`BlockFiles`: one file per block, `<journal-dir>/blocks/<hash>.json`, written before the first submitblock (tmp file,
-fsync, rename, fsync of the directory), holding the full block and everything needed to resubmit and record it. The
+`BlockFiles`: one file per block, `<journal-dir>/blocks/<hash>.block`, written before the first submitblock (tmp file,
+fsync, rename, fsync of the directory): one line of JSON (everything needed to record the block, and its size), then
+the raw block (raw, not hex in JSON: a 1.5 MB block is written and fsync'd in ~6 ms instead of ~30 ms). The
 process driving a block holds an exclusive flock on its file; a file nobody holds belongs to a process that stopped,
 and the next process to scan the folder takes it over. The file is deleted once the block is settled (accepted,
 refused or stale) and the database row says so. It is what survives a database outage; the row (which carries the
@@ -29,6 +30,7 @@ from gstratum.mining.blockstatus import BlockStatus, FoundBlock, allowed, parse_
 
 log = logging.getLogger(__name__)
 
+SUFFIX = ".block"
 TMP_ABANDONED_AFTER = 60.0   # seconds: a tmp file this old, unlocked, was left by a writer that died
 
 
@@ -44,7 +46,7 @@ class BlockFiles:
         self.directory = Path(directory)
 
     def path_of(self, block_hash: str) -> Path:
-        return self.directory / f"{block_hash}.json"
+        return self.directory / f"{block_hash}{SUFFIX}"
 
     def write(self, block: FoundBlock) -> Claim:
         """Atomically and durably (blocking: run it off the event loop). The flock is taken on the tmp file before
@@ -52,7 +54,8 @@ class BlockFiles:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path_of(block.block_hash)
         tmp = path.with_name(f"{block.block_hash}.{os.getpid()}.tmp")
-        data = ujson.dumps(block.as_dict(), ensure_ascii=True, escape_forward_slashes=False).encode()
+        head = ujson.dumps(block.as_dict(with_block=False), ensure_ascii=True, escape_forward_slashes=False)
+        data = head.encode() + b"\n" + block.block        # ujson never writes a raw newline: the first one ends it
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,7 +80,7 @@ class BlockFiles:
         now = time.time()
         for path in sorted(self.directory.iterdir()):
             name = path.name
-            if not (name.endswith(".json") or name.endswith(".tmp")):
+            if not (name.endswith(SUFFIX) or name.endswith(".tmp")):
                 continue
             claim = _try_claim(path)
             if claim is None:
@@ -113,7 +116,7 @@ class BlockFiles:
             os.close(claim.fd)
 
     def pending_files(self) -> list[Path]:
-        return sorted(self.directory.glob("*.json")) if self.directory.exists() else []
+        return sorted(self.directory.glob(f"*{SUFFIX}")) if self.directory.exists() else []
 
 
 def _try_claim(path: Path) -> Claim | None:
@@ -134,7 +137,8 @@ def _try_claim(path: Path) -> Claim | None:
 
 def _read(path: Path) -> FoundBlock:
     with open(path, "rb") as handle:
-        return FoundBlock.from_dict(ujson.loads(handle.read()))
+        head, block = handle.read().split(b"\n", 1)
+    return FoundBlock.from_dict(ujson.loads(head), block)
 
 
 def _fsync_directory(directory: Path) -> None:
