@@ -213,9 +213,9 @@ class BlockLedger:
         """Pending blocks of this pool that no process has touched for `idle_seconds` (their owner stopped and its
         file, if any, is on another machine): the cluster leader takes them over."""
         with self.db.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT id, block_hash, height, prevhash, block_bytes, header, worker, username, connection_id, "
-                        "job_id, reward, extract(epoch FROM found_at), cluster FROM blocks WHERE cluster = %s "
-                        "AND status = 'pending' AND block_bytes IS NOT NULL "
+            cur.execute("SELECT id, block_hash, height, prevhash, block_bytes, header, worker, username, "
+                        "connection_id, job_id, reward, extract(epoch FROM found_at), cluster FROM blocks "
+                        "WHERE cluster = %s AND status = 'pending' AND block_bytes IS NOT NULL "
                         "AND coalesce(updated_at, found_at) < now() - make_interval(secs => %s) ORDER BY found_at",
                         (cluster, idle_seconds))
             rows = cur.fetchall()
