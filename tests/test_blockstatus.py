@@ -69,9 +69,11 @@ def test_on_chain_counts_the_deepest_view_and_displaced_the_shallowest():
 
 def test_disagreeing_nodes_change_nothing():
     views = {"a": NodeView(105, OURS, True), "b": NodeView(105, OTHER, True)}
-    assert place(views, OURS, 100).place is Place.SPLIT
+    assert place(views, OURS, 100).place is Place.SPLIT and place(views, OURS, 100).holders == ("a",)
     assert keeper_outcome(S.SUBMITTED, place(views, OURS, 100)) is None
-    assert pending_outcome(place(views, OURS, 100)) is S.PENDING
+    assert keeper_outcome(S.ORPHANED, place(views, OURS, 100)) is None
+    # a pending block one node has on its active chain was accepted by it: the keeper takes it from there
+    assert pending_outcome(place(views, OURS, 100)) is S.SUBMITTED
 
 
 def test_the_keeper_follows_reorgs_both_ways():

@@ -134,6 +134,7 @@ class Placement:
     depth: int = 0                                        # ON_CHAIN: confirmations; DISPLACED: the other block's
     other: str | None = None                              # DISPLACED: the block the chain holds instead
     speakers: tuple[str, ...] = field(default_factory=tuple)
+    holders: tuple[str, ...] = field(default_factory=tuple)   # nodes with the block on their active chain
 
 
 def place(views: dict[str, NodeView], block_hash: str, height: int) -> Placement:
@@ -143,21 +144,24 @@ def place(views: dict[str, NodeView], block_hash: str, height: int) -> Placement
     if not speaking:
         return Placement(Place.UNKNOWN)
     names = tuple(sorted(speaking))
+    holders = tuple(name for name in names if speaking[name].at_height == block_hash)
     on = [v for v in speaking.values() if v.at_height == block_hash]
     off = [v for v in speaking.values() if v.at_height != block_hash]
     if on and off:
-        return Placement(Place.SPLIT, speakers=names)
+        return Placement(Place.SPLIT, speakers=names, holders=holders)
     if on:
-        return Placement(Place.ON_CHAIN, max(v.tip_height - height + 1 for v in on), speakers=names)
+        return Placement(Place.ON_CHAIN, max(v.tip_height - height + 1 for v in on), speakers=names,
+                         holders=holders)
     others = {v.at_height for v in off}
     return Placement(Place.DISPLACED, min(v.tip_height - height + 1 for v in off),
                      other=others.pop() if len(others) == 1 else None, speakers=names)
 
 
 def pending_outcome(placement: Placement) -> BlockStatus:
-    """A block no node accepted yet: on an active chain after all (it was inconclusive, or a node got it another
-    way) is accepted; displaced STALE_DEPTH deep is stale; anything else stays pending."""
-    if placement.place is Place.ON_CHAIN:
+    """A block no node accepted yet: on a node's active chain after all (it was inconclusive, or the node got it
+    another way) is accepted, whatever the other nodes hold (the keeper follows it from there); displaced
+    STALE_DEPTH deep on every node that speaks is stale; anything else stays pending."""
+    if placement.holders:
         return S.SUBMITTED
     if placement.place is Place.DISPLACED and placement.depth >= STALE_DEPTH:
         return S.STALE

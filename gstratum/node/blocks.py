@@ -110,7 +110,8 @@ def describe(placement: Placement, height: int) -> str:
         return f"the active chain of {nodes} holds {placement.other or 'other blocks'} at height {height}, " \
                f"{placement.depth} deep"
     if placement.place is Place.SPLIT:
-        return f"the nodes disagree at height {height} ({nodes})"
+        return f"the nodes disagree at height {height}: on the active chain of {', '.join(placement.holders)} " \
+               f"only ({nodes})"
     return f"no node has the chain at height {height} yet"
 
 
