@@ -28,7 +28,8 @@ from gstratum.mining.channel import FoundBlock, MiningCore
 from gstratum.mining.jobs import JobBook, RandomJobSource
 from gstratum.mining.ledger import ShareLedger
 from gstratum.node.rpc import NodeClient, Nodes
-from gstratum.node.work import BlockKeeper, BlockSubmitter, NodeWork
+from gstratum.node.blocks import BlockKeeper, BlockSubmitter
+from gstratum.node.work import NodeWork
 from gstratum.net.server import Port, StratumServer
 from gstratum.ops import http
 from gstratum.ops.admin import AdminActions
@@ -38,6 +39,7 @@ from gstratum.ops.tuning import watch_loop
 from gstratum.protocol.session import Services, Session
 from gstratum.mining.vardiff import VardiffPolicy
 from gstratum.storage.allocator import SequenceAllocator
+from gstratum.storage.blocks import BlockFiles, BlockLedger
 from gstratum.storage.db import Database
 from gstratum.storage.journal import Journal
 from gstratum.storage.records import Recorder, make_server_id
@@ -81,16 +83,18 @@ class Pool:
         self.bus = Bus(cfg.listen_database_url or database_url, self.db, cfg.cluster, self.server_id)
         self.retention = Retention(self.db, cfg.retention_days, leadership=self.bus)
         self.book = JobBook()
-        self.ledger = ShareLedger(self.book.prevhashes)
-        self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.ledger, self.bus)
-        self.nodes = self.node_work = self.submitter = self.keeper = None
+        self.share_ledger = ShareLedger(self.book.prevhashes)
+        self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.share_ledger,
+                                     self.bus)
+        self.nodes = self.node_work = self.submitter = self.keeper = self.block_ledger = None
         if cfg.bitcoind:    # Bitcoin Core: every process asks the node itself, nothing is shared over the bus
             self.nodes = Nodes([NodeClient(url, cfg.bitcoind_cookie) for url in cfg.bitcoind], self.metrics)
-            self.keeper = BlockKeeper(self.db, self.nodes, leadership=self.bus)
+            self.block_ledger = BlockLedger(self.db)
+            self.keeper = BlockKeeper(self.block_ledger, self.nodes, leadership=self.bus, cluster=cfg.cluster)
         vardiff = VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
                                 retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
                                 max_difficulty=cfg.max_difficulty)
-        self.core = MiningCore(jobs=self.book, ledger=self.ledger, recorder=self.recorder, metrics=self.metrics,
+        self.core = MiningCore(jobs=self.book, ledger=self.share_ledger, recorder=self.recorder, metrics=self.metrics,
                                stats=self.stats, network_target=network_target)
         services = Services(core=self.core, difficulty=cfg.difficulty, extranonce2_size=cfg.extranonce2_size,
                             vardiff=vardiff, payout_for=self._solo_payout if cfg.solo else None)
@@ -100,7 +104,8 @@ class Pool:
                 vardiff, min_difficulty=spec.min_difficulty))
             ports.append(Port(sock, functools.partial(Session, port_services), tls))
         self.server = StratumServer(cfg, ports, self.recorder, self.metrics, vardiff,
-                                    Subscriptions(self.allocator, self.resumption), self.ledger, self._on_block,
+                                    Subscriptions(self.allocator, self.resumption), self.share_ledger,
+                                    self._on_block,
                                     self.resumption)
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
@@ -113,7 +118,9 @@ class Pool:
                                       cfg.coinbase_tag.encode(), 8 + cfg.extranonce2_size, cfg.template_refresh,
                                       cfg.block_poll, cfg.zmq_hashblock, bus=self.bus, solo=bool(cfg.solo),
                                       solo_fee=cfg.solo_fee, max_template_age=cfg.max_template_age)
-            self.submitter = BlockSubmitter(self.nodes, self.node_work, self.recorder, self.metrics)
+            self.submitter = BlockSubmitter(self.nodes, self.node_work, self.block_ledger,
+                                            BlockFiles(cfg.journal_dir / "blocks"), self.metrics,
+                                            self.recorder.new_id, cfg.cluster, leadership=self.bus)
         self.admin = AdminActions(self.server, self.bus, self.recorder)
         self.http_listener = http_listener
         self.http = None
@@ -149,7 +156,9 @@ class Pool:
         self._wait_for_database()
         self.retention.ensure_partitions()   # before the first share, so none lands in shares_default
         work = self.node_work if self.node_work is not None else self.job_stream
-        for part in (self.writer, self.allocator, self.bus, work, self.server):
+        # the block submitter before the work: blocks left pending by a previous process are resubmitted at once
+        submitter = (self.submitter,) if self.submitter is not None else ()
+        for part in (self.writer, self.allocator, self.bus, *submitter, work, self.server):
             part.start()
             self._running.append(part.stop)
         if self.keeper is not None:
@@ -176,17 +185,17 @@ class Pool:
                 "writer_queue": writer.pending, "journal_bytes": self.journal.bytes_on_disk,
                 "extranonce_reserve": self.allocator.reserve, "counters": self.metrics.counters(),
                 "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent),
-                "template_age": self.template_age(), "nodes": self.node_status(), **self.readiness()}
+                "template_age": self.template_age(), "nodes": self.node_status(),
+                "blocks_pending": self.submitter.pending if self.submitter is not None else 0, **self.readiness()}
 
     def _on_block(self, block: FoundBlock) -> None:
         """A share met the network target: with a node, assembled and submitted; otherwise a recorded candidate."""
-        found = {"job_id": block.job_id, "height": block.height, "worker": block.worker,
-                 "block_hash": block.block_hash, "header": block.header.hex(), "job": block.job,
-                 "coinbase": block.coinbase, "connection_id": block.connection_id}
-        if self.submitter is not None and found["job"].block is not None:
-            self.submitter.found(found)
+        if self.submitter is not None and block.job.block is not None:
+            self.submitter.found(block)
         else:
-            self.recorder.block(found)
+            self.recorder.block({"job_id": block.job_id, "height": block.height, "worker": block.worker,
+                                 "block_hash": block.block_hash, "header": block.header.hex(),
+                                 "connection_id": block.connection_id})
 
     def _solo_payout(self, address: str) -> bytes:
         return self.node_work.solo_script(address)

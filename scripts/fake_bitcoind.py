@@ -13,7 +13,8 @@ the same bug in the validator. Only the standard library and pyzmq.
 
 It prints `fake_bitcoind ready rpc=URL cookie=PATH zmq=ENDPOINT` once it serves. Methods named `fake_*` are test
 controls that Core does not have (mine as another miner, reorg, add mempool transactions, simulate IBD, read the
-submission log).
+submission log, change what submitblock answers, stall the node as Core does while it holds cs_main). Core's own
+`invalidateblock` and `reconsiderblock` switch between branches it knows.
 """
 from __future__ import annotations
 
@@ -804,10 +805,10 @@ class Chain:
         """Validate a block on the tip; return it checked or Core's reject reason. Raises DecodeError."""
         header, txs = decode_block(raw)
         block_hash = to_display(header.hash())
-        if self.find(block_hash) is not None:
-            return "duplicate"
         if block_hash in self.invalid:
             return "duplicate-invalid"
+        if self.find(block_hash) is not None:
+            return "duplicate"
         prev = to_display(header.prev_hash)
         if prev != self.tip["hash"]:
             return "bad-prevblk" if self.find(prev) is not None else "prev-blk-not-found"
@@ -879,13 +880,30 @@ class Chain:
     def connect(self, block: Checked, source: str) -> dict:
         """Append a checked block to the active chain and drop its transactions from the mempool (the caller
         persists)."""
+        record = self._record_of(block, self.tip if self.blocks else None, source)
+        self.blocks.append(record)
+        self.by_hash[record["hash"]] = record
+        if block.included:
+            for entry in block.included:
+                del self.mempool[entry["txid"]]
+            self.mempool_counter += 1
+        return record
+
+    def store_side(self, block: Checked, source: str) -> dict:
+        """Keep a checked block without connecting it, as Core keeps a valid block that is not (yet) on its best
+        chain (submitblock then answers `inconclusive`); `activate_best_chain` may connect it later."""
+        record = self._record_of(block, self.find(to_display(block.header.prev_hash)), source)
+        self.stale[record["hash"]] = record
+        return record
+
+    def _record_of(self, block: Checked, parent: dict | None, source: str) -> dict:
         coinbase = block.txs[0]
-        parent_work = int(self.tip["chainwork"], 16) if self.blocks else 0
+        parent_work = int(parent["chainwork"], 16) if parent else 0
         stripped_size = len(block.raw) - sum(len(tx.serialize()) - len(tx.serialize(False)) for tx in block.txs)
-        record = {
+        return {
             "hash": block.hash,
             "height": block.height,
-            "prevhash": self.tip["hash"] if self.blocks else None,
+            "prevhash": parent["hash"] if parent else None,
             "time": block.header.time,
             "bits": f"{block.header.bits:08x}",
             "version": block.header.version,
@@ -902,13 +920,6 @@ class Chain:
             "source": source,
             "hex": block.raw.hex(),
         }
-        self.blocks.append(record)
-        self.by_hash[record["hash"]] = record
-        if block.included:
-            for entry in block.included:
-                del self.mempool[entry["txid"]]
-            self.mempool_counter += 1
-        return record
 
     def build_block(self, script: bytes, entries: list[dict], block_time: int) -> tuple[bytes, bool]:
         """A block on the tip as Core's miner makes it; returns (raw, whether its proof of work is real)."""
@@ -953,6 +964,40 @@ class Chain:
             self.mempool = {**{entry["txid"]: entry for entry in record["txs"]}, **self.mempool}
             self.mempool_counter += 1
         return record
+
+    def branch_to(self, record: dict) -> list[dict] | None:
+        """The blocks from the active chain's fork point (excluded) up to `record`, oldest first; None when one of
+        them is marked invalid or an ancestor is unknown."""
+        path = []
+        current: dict | None = record
+        while current is not None and not self.is_active(current):
+            if current["hash"] in self.invalid:
+                return None
+            path.append(current)
+            current = self.find(current["prevhash"]) if current["prevhash"] else None
+        return None if current is None else path[::-1]
+
+    def activate_best_chain(self) -> bool:
+        """Core's ActivateBestChain over the blocks this node knows: the valid branch with the most work becomes the
+        active chain (ties keep the current one). True when the tip changed."""
+        best = self.tip
+        for record in self.stale.values():
+            if int(record["chainwork"], 16) > int(best["chainwork"], 16) and self.branch_to(record) is not None:
+                best = record
+        if best is self.tip:
+            return False
+        path = self.branch_to(best)
+        fork_height = path[0]["height"] - 1
+        while self.tip["height"] > fork_height:
+            self.disconnect_tip()
+        for record in path:
+            del self.stale[record["hash"]]
+            self.blocks.append(record)
+            self.by_hash[record["hash"]] = record
+            for entry in record["txs"]:
+                self.mempool.pop(entry["txid"], None)
+            self.mempool_counter += 1
+        return True
 
     def add_mempool(self, entries: list[dict]) -> None:
         for entry in entries:
@@ -1137,6 +1182,9 @@ class Node:
         self.started = time.time()
         self.cond = threading.Condition()
         self.ibd = False
+        self.submit_mode = "normal"      # fake_setsubmitmode: what submitblock does with the next blocks
+        self.rpc_stats = {"connections": 0, "idle_closed": 0}
+        self.stats_lock = threading.Lock()   # not `cond`: a stalled node still accepts and closes connections
         self.publisher: HashblockPublisher | None = None
         self.credentials: list[bytes] = []
         self.chain_dir = Path(args.datadir) / self.params.subdir
@@ -1182,6 +1230,12 @@ class Node:
             "fake_submissions": (self.fake_submissions, ()),
             "fake_block": (self.fake_block, (Param("blockhash", s),)),
             "fake_zmqsubscriptions": (self.fake_zmqsubscriptions, ()),
+            "fake_setsubmitmode": (self.fake_setsubmitmode, (Param("mode", s),)),
+            "fake_activatebestchain": (self.fake_activatebestchain, ()),
+            "fake_stall": (self.fake_stall, (Param("seconds", n),)),
+            "fake_rpcstats": (self.fake_rpcstats, ()),
+            "invalidateblock": (self.invalidateblock, (Param("blockhash", s),)),
+            "reconsiderblock": (self.reconsiderblock, (Param("blockhash", s),)),
         }
         self.methods.update(table)
 
@@ -1341,8 +1395,12 @@ class Node:
             parent = chain.find(to_display(header.prev_hash))
             entry.update(hash=to_display(header.hash()), height=parent["height"] + 1 if parent else None,
                          coinbase_outputs=[[o.value, o.script.hex()] for o in txs[0].vout] if txs else [])
-            result = chain.check_block(raw)
-            if isinstance(result, Checked):
+            mode = self.submit_mode
+            result = mode[len("reject:"):] if mode.startswith("reject:") else chain.check_block(raw)
+            if isinstance(result, Checked) and mode == "inconclusive":
+                chain.store_side(result, "submitblock")
+                entry["result"] = "inconclusive"
+            elif isinstance(result, Checked):
                 chain.connect(result, "submitblock")
                 entry["result"] = None
                 self.notify_tip()
@@ -1655,6 +1713,80 @@ class Node:
     def fake_zmqsubscriptions(self) -> int:
         return self.publisher.subscriptions if self.publisher is not None else 0
 
+    def fake_setsubmitmode(self, mode: str) -> str:
+        """What submitblock does from now on: "normal"; "inconclusive" (a valid block is kept but not connected, as
+        Core does with a valid block that is not on its best chain); "busy" (HTTP 503 "Work queue depth exceeded",
+        Core's answer when its RPC work queue is full); "reject:REASON" (refuse with REASON, unchecked)."""
+        if mode not in ("normal", "inconclusive", "busy") and not (mode.startswith("reject:") and len(mode) > 7):
+            raise RpcError(RPC_INVALID_PARAMETER, "mode must be normal, inconclusive, busy or reject:REASON")
+        with self.cond:
+            self.submit_mode = mode
+            return mode
+
+    def fake_activatebestchain(self) -> str:
+        """Connect the best valid branch this node knows (blocks kept `inconclusive` included)."""
+        with self.cond:
+            if self.chain.activate_best_chain():
+                self.chain.persist()
+                self.notify_tip()
+            return self.chain.tip["hash"]
+
+    def fake_stall(self, seconds: float) -> bool:
+        """Hold the node's lock for `seconds`, as Core holds cs_main while it connects a block or builds a
+        template: every chain call waits meanwhile. Whole seconds. Returns once the lock is held."""
+        if not 0 < seconds <= 120:
+            raise RpcError(RPC_INVALID_PARAMETER, "seconds must be between 0 and 120")
+        held = threading.Event()
+
+        def hold() -> None:
+            with self.cond:
+                held.set()
+                time.sleep(seconds)
+
+        threading.Thread(target=hold, name="stall", daemon=True).start()
+        held.wait()
+        return True
+
+    def fake_rpcstats(self) -> dict:
+        """HTTP connections accepted, and idle kept-alive ones closed after --rpcservertimeout."""
+        with self.stats_lock:
+            return dict(self.rpc_stats)
+
+    def invalidateblock(self, blockhash: str) -> None:
+        """Core's invalidateblock: mark the block invalid (and so everything built on it) and move to the best
+        valid chain."""
+        with self.cond:
+            chain = self.chain
+            record = self._record(blockhash)
+            if record["height"] == 0:
+                raise RpcError(RPC_MISC_ERROR, "Cannot invalidate the genesis block")
+            chain.invalid.add(record["hash"])
+            if chain.is_active(record):
+                while chain.tip["height"] >= record["height"]:
+                    chain.disconnect_tip()
+            chain.activate_best_chain()
+            chain.persist()
+            self.notify_tip()
+        return None
+
+    def reconsiderblock(self, blockhash: str) -> None:
+        """Core's reconsiderblock: clear the invalid mark of the block and its descendants, then move to the best
+        valid chain."""
+        with self.cond:
+            chain = self.chain
+            record = self._record(blockhash)
+            for other in list(chain.stale.values()) + chain.blocks:
+                current: dict | None = other
+                while current is not None and current["height"] >= record["height"]:
+                    if current["hash"] == record["hash"]:
+                        chain.invalid.discard(other["hash"])
+                        break
+                    current = chain.find(current["prevhash"]) if current["prevhash"] else None
+            if chain.activate_best_chain():
+                self.notify_tip()
+            chain.persist()
+        return None
+
     # -- JSON-RPC 1.0 envelope
 
     def execute(self, request: Any) -> tuple[dict, int | None]:
@@ -1694,6 +1826,8 @@ class Node:
         if not isinstance(request, dict):
             error = {"code": RPC_PARSE_ERROR, "message": "Top-level object parse error"}
             return 500, _dump({"result": None, "error": error, "id": None})
+        if request.get("method") == "submitblock" and self.submit_mode == "busy":
+            return 503, b"Work queue depth exceeded"
         reply, code = self.execute(request)
         status = {None: 200, RPC_INVALID_REQUEST: 400, RPC_METHOD_NOT_FOUND: 404}.get(code, 500)
         return status, _dump(reply)
@@ -1724,11 +1858,25 @@ class RpcHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive and a Content-Length on every reply, as Core's libevent server."""
 
     protocol_version = "HTTP/1.1"
-    timeout = 30  # Core's -rpcservertimeout: an idle keep-alive connection is closed after 30 s
+    timeout = 30  # Core's -rpcservertimeout: an idle keep-alive connection is closed after 30 s (--rpcservertimeout)
     server: "RpcServer"
+
+    def setup(self) -> None:
+        self.timeout = self.server.node.args.rpcservertimeout
+        self.count("connections")
+        super().setup()
+
+    def count(self, name: str) -> None:
+        node = self.server.node
+        with node.stats_lock:
+            node.rpc_stats[name] += 1
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Quiet: tests read stdout for the ready line and nothing else."""
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        if format.startswith("Request timed out"):     # http.server's idle timeout: the connection is closed
+            self.count("idle_closed")
 
     def _read_body(self) -> bytes | None:
         length = self.headers.get("Content-Length")
@@ -1818,6 +1966,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start-height", type=int, default=100)
     parser.add_argument("--mempool-txs", type=int, default=20)
     parser.add_argument("--witness-fraction", type=float, default=0.5)
+    parser.add_argument("--rpcservertimeout", type=float, default=30.0,
+                        help="seconds an idle kept-alive HTTP connection stays open (Core: -rpcservertimeout, 30)")
     parser.add_argument("--longpoll-tx-wait", type=float, default=60.0,
                         help="seconds a long poll waits before a mempool change alone answers it (Core: 60)")
     args = parser.parse_args(argv)

@@ -212,6 +212,10 @@ class FakeNode(_ProcessNode):
         self.stop()
         self._start()
 
+    def start(self) -> None:
+        """Start again after `stop()`, on the same ports and datadir: its chain persists, its cookie is new."""
+        self._start()
+
 
 class RealNode(_ProcessNode):
     """A real `bitcoind -regtest` (the binary named by $BITCOIND), with the same interface as FakeNode."""

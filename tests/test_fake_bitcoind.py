@@ -814,3 +814,68 @@ def test_sigterm_exits_promptly(tmp_path):
     assert time.monotonic() - started < 5
     state = json.loads((Path(tmp_path) / "n" / "regtest" / "fakechain.json").read_text())
     assert len(state["blocks"]) == 101 and len(state["mempool"]) == 20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Controls for the pool's block-submission and node-health tests (issue 17).
+
+
+def test_invalidateblock_and_reconsiderblock_switch_branches_like_core(node):
+    ours = node.mine(1)[0]
+    replaced = node.rpc("fake_reorg", 1)                  # another branch, one block longer
+    assert node.rpc("getblockheader", ours)["confirmations"] == -1
+    assert node.rpc("invalidateblock", replaced[0]) is None
+    assert node.rpc("getbestblockhash") == ours           # the best valid branch: ours again
+    assert node.rpc("getblockheader", replaced[1])["confirmations"] == -1
+    assert node.rpc("submitblock", node.rpc("fake_block", replaced[0])["hex"]) == "duplicate-invalid"
+    assert node.rpc("reconsiderblock", replaced[0]) is None
+    assert node.rpc("getbestblockhash") == replaced[1]    # more work wins again
+    assert node.rpc("getblockheader", ours)["confirmations"] == -1
+    with pytest.raises(RpcError) as missing:
+        node.rpc("invalidateblock", "00" * 32)
+    assert missing.value.code == -5
+
+
+def test_submit_modes(node):
+    tmpl = node.rpc("getblocktemplate", SEGWIT)
+    block, block_hash = build_block(tmpl)
+    assert node.rpc("fake_setsubmitmode", "busy") == "busy"
+    status, body = post(node.url, json.dumps({"id": 1, "method": "submitblock", "params": [block]}).encode(),
+                        node.cookie)
+    assert status == 503 and body == b"Work queue depth exceeded"
+    assert node.rpc("getblockcount") == 100                # other calls are served
+    node.rpc("fake_setsubmitmode", "reject:bad-txnmrklroot")
+    assert node.rpc("submitblock", block) == "bad-txnmrklroot"
+    node.rpc("fake_setsubmitmode", "inconclusive")
+    assert node.rpc("submitblock", block) == "inconclusive"   # valid, kept, not connected
+    assert node.rpc("getblockheader", block_hash)["confirmations"] == -1
+    assert node.rpc("submitblock", block) == "duplicate"      # Core: it has the block already
+    node.rpc("fake_setsubmitmode", "normal")
+    assert node.rpc("fake_activatebestchain") == block_hash
+    assert node.rpc("getblockheader", block_hash)["confirmations"] == 1
+    assert node.rpc("getblocktemplate", SEGWIT)["transactions"] == []   # its transactions left the mempool
+    with pytest.raises(RpcError):
+        node.rpc("fake_setsubmitmode", "sometimes")
+
+
+def test_stall_holds_every_chain_call_like_cs_main(node):
+    assert node.rpc("fake_stall", 1) is True            # whole seconds, as every number Core takes here
+    started = time.monotonic()
+    assert node.rpc("getbestblockhash")
+    assert time.monotonic() - started >= 0.8
+
+
+def test_idle_kept_alive_connections_are_closed_after_rpcservertimeout(tmp_path):
+    with FakeNode(tmp_path / "node", "--rpcservertimeout", "0.3") as node:
+        conn = http.client.HTTPConnection("127.0.0.1", node.rpc_port, timeout=5)
+        headers = {"Authorization": "Basic " + base64.b64encode(node.cookie.encode()).decode()}
+        conn.request("POST", "/", CALL, headers)
+        assert json.loads(conn.getresponse().read())["result"] == 100
+        deadline = time.monotonic() + 10
+        while node.rpc("fake_rpcstats")["idle_closed"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.rpc("fake_rpcstats")["idle_closed"] == 1
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+            conn.request("POST", "/", CALL, headers)
+            conn.getresponse()
+        conn.close()

@@ -22,6 +22,7 @@ REQUIRED = {"gstratum_miners_connected", "gstratum_miners_subscribed", "gstratum
             "gstratum_chain_height", "gstratum_node_up", "gstratum_blocks_submitted_total",
             "gstratum_blocks_found_total", "gstratum_getblocktemplate_seconds_bucket",
             "gstratum_miners_dropped_total", "gstratum_gc_pause_seconds_bucket", "process_cpu_seconds_total",
+            "gstratum_blocks_pending", "gstratum_block_resubmissions_total",
             "process_resident_memory_bytes"}
 
 

@@ -119,9 +119,11 @@ def test_fail_over_to_the_standby_node_and_back(tmp_path, start_server):
             try:
                 tip_b = second.rpc("getbestblockhash")
                 job = wait_until(lambda: (client.poll(), client.state.job)[1],
-                                 lambda j: j is not None and _display_prevhash(j[1]) == tip_b, timeout=10)
+                                 lambda j: j is not None and _display_prevhash(j[1]) == tip_b, timeout=20)
                 assert _display_prevhash(job[1]) == tip_b and job[8] is True
-                assert time.monotonic() - paused < 6
+                # a silent node is down after DOWN_AFTER health checks in a row time out (HEALTH_TIMEOUT each):
+                # ~9 s, never one slow answer
+                assert time.monotonic() - paused < 15
                 report = mine(client, "failover.rig", duration=30, max_shares=1)
                 assert report.accepted == 1
                 assert wait_until(lambda: second.rpc("getbestblockhash"), lambda h: h != tip_b) != tip_b
@@ -221,23 +223,26 @@ def test_an_invalid_payout_address_stops_start_up_naming_it_and_the_chain(node, 
 
 @fake_only
 def test_the_block_keeper_marks_confirmed_and_orphaned_blocks(node, schema, db):
+    from gstratum.node.blocks import BlockKeeper
     from gstratum.node.rpc import NodeClient, Nodes
-    from gstratum.node.work import BlockKeeper
+    from gstratum.storage.blocks import BlockLedger
     from gstratum.storage.db import Database
+    from .conftest import new_cluster_name
 
     deep = node.rpc("getblockhash", 1)            # 100+ blocks deep on the fake's chain
     reorged = node.mine(1)[0]
     node.rpc("fake_reorg", 1)                     # that block is no longer on the chain
     fresh = node.mine(1)[0]
-    worker = f"keeper.{time.time_ns()}"
+    worker, cluster = f"keeper.{time.time_ns()}", new_cluster_name()
     for block_hash, height in ((deep, 1), (reorged, node.rpc("getblockcount") - 2), (fresh, node.rpc("getblockcount"))):
         with db.cursor() as cur:
             cur.execute("INSERT INTO blocks (id, connection_id, worker, job_id, height, block_hash, header, found_at, "
-                        "status) VALUES (gen_random_uuid(), gen_random_uuid(), %s, 'j', %s, %s, '', now(), "
-                        "'submitted')", (worker, height, block_hash))
+                        "status, cluster) VALUES (gen_random_uuid(), gen_random_uuid(), %s, 'j', %s, %s, '', now(), "
+                        "'submitted', %s)", (worker, height, block_hash, cluster))
     database = Database(schema)
     try:
-        BlockKeeper(database, Nodes([NodeClient(node.url, node.cookie_path)]), leadership=None).run_once()
+        BlockKeeper(BlockLedger(database), Nodes([NodeClient(node.url, node.cookie_path)]), leadership=None,
+                    cluster=cluster).run_once()
     finally:
         database.close()
     status = dict(query(db, "SELECT block_hash, status FROM blocks WHERE worker = %s", worker))

@@ -145,7 +145,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     found_at      timestamptz NOT NULL
 );
 -- Blocks submitted to bitcoind (issue 13): who found it, what it paid, each node's answer, and a status the leader
--- keeps current: candidate (random jobs, nothing to submit), submitted, rejected, confirmed (100 deep), orphaned.
+-- keeps current: candidate (random jobs, nothing to submit), pending, submitted, rejected, stale, confirmed (100 deep),
+-- orphaned.
 ALTER TABLE blocks ADD COLUMN IF NOT EXISTS prevhash text;
 ALTER TABLE blocks ADD COLUMN IF NOT EXISTS username text;
 ALTER TABLE blocks ADD COLUMN IF NOT EXISTS reward bigint;
@@ -153,6 +154,18 @@ ALTER TABLE blocks ADD COLUMN IF NOT EXISTS results jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE blocks ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'candidate';
 CREATE INDEX IF NOT EXISTS blocks_status_idx ON blocks (status);
 CREATE INDEX IF NOT EXISTS blocks_found_at_idx ON blocks (found_at);
+-- Blocks that must reach the chain (issue 17): `pending` (durable, not accepted yet: nodes down, stalled or
+-- `inconclusive`) until `submitted`, `rejected` (refused as invalid) or `stale` (the chain moved on past it); an
+-- orphaned block can go back to submitted/confirmed. The full block is kept so any process of the pool can resubmit
+-- it; `attempts`, `reason` (why it is pending, the refusal) and `updated_at` (the owner's heartbeat: the cluster
+-- leader takes over a pending block nobody touched for two minutes). Status changes are made by one function,
+-- gstratum/storage/blocks.py BlockLedger.change, in a transaction.
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS block_bytes bytea;
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS reason text;
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS updated_at timestamptz;
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS cluster text NOT NULL DEFAULT 'gstratum';
+CREATE INDEX IF NOT EXISTS blocks_cluster_status_idx ON blocks (cluster, status);
 
 -- The best share (highest achieved difficulty among accepted shares) per worker and minute.
 ALTER TABLE worker_minutes ADD COLUMN IF NOT EXISTS best_achieved double precision NOT NULL DEFAULT 0;

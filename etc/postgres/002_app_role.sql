@@ -14,4 +14,5 @@ GRANT SELECT, INSERT ON connections, disconnections, subscriptions, authorizatio
     admin_actions TO gstratum_app;
 GRANT SELECT, INSERT, UPDATE ON worker_minutes TO gstratum_app;   -- rollups are upserted
 GRANT USAGE ON SEQUENCE extranonce1_seq TO gstratum_app;
-GRANT UPDATE (status) ON blocks TO gstratum_app;   -- the block keeper: submitted -> confirmed / orphaned
+-- the block submitter and keeper: pending -> submitted / rejected / stale, submitted <-> orphaned -> confirmed
+GRANT UPDATE (status, results, attempts, reason, updated_at) ON blocks TO gstratum_app;

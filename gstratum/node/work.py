@@ -1,4 +1,4 @@
-"""Work from Bitcoin Core: templates become jobs, new blocks become clean jobs at once, found blocks are submitted.
+"""Work from Bitcoin Core: templates become jobs, new blocks become clean jobs at once (found blocks: node/blocks.py).
 
 Every process of the pool asks the node itself (the node is the source of truth, and a template with thousands of
 transactions cannot travel over NOTIFY): each process makes its own jobs from its own templates, so the process
@@ -23,7 +23,6 @@ import time
 import gevent
 import gevent.event
 import gevent.lock
-import ujson
 
 from gstratum.errors import first_line
 from gstratum.greenlets import spawn_logged, stop_greenlet
@@ -35,7 +34,6 @@ from gstratum.node.rpc import NodeError, NodeUnavailable, Nodes, off_loop
 log = logging.getLogger(__name__)
 
 BLOCKNOTIFY_CHANNEL = "blocknotify"
-CONFIRMATIONS = 100
 GBT_RULES = {"rules": ["segwit"]}
 NEW_BLOCK_TRIGGERS = ("zmq", "poll", "blocknotify", "our block")
 
@@ -181,22 +179,18 @@ class NodeWork:
             next_refresh = time.monotonic() + (self.template_refresh if ok else min(self.block_poll, 1.0))
 
     def _poll(self) -> None:
-        """getbestblockhash every block_poll seconds: the new-block path that cannot go quiet; also the health
-        check that brings a preferred node back into use."""
-        checks = 0
+        """Every block_poll seconds, the health check of every node (`getbestblockhash`, each node in its own
+        greenlet with a generous timeout): the new-block path that cannot go quiet (the answer of the node that
+        gives work), and what marks nodes down after repeated failures and up again. Without usable work, a retry."""
         while True:
             gevent.sleep(self.block_poll)
-            checks += 1
-            if checks % 5 == 0 or not all(c.up for c in self.nodes.clients):
-                self.nodes.check(timeout=min(self.block_poll, 1.0))
-            try:
-                best = self.nodes.call("getbestblockhash", timeout=1.0)
-            except (NodeUnavailable, NodeError):
-                if self.template is None or self.last_error is not None:
-                    self.tip_changed("retry")
-                continue
-            if best != self.tip or self.last_error is not None:
-                self.tip_changed("poll")
+            self.nodes.probe(self._on_best)
+            if self.template is None or self.last_error is not None:
+                self.tip_changed("retry")
+
+    def _on_best(self, client, best: str) -> None:
+        if client is self.nodes.current and best != self.tip:
+            self.tip_changed("poll")
 
     def _zmq(self, endpoint: str) -> None:
         import zmq.green as zmq
@@ -239,133 +233,7 @@ class NodeWork:
     def stop(self) -> None:
         for greenlet in self._greenlets:
             stop_greenlet(greenlet)
-
-
-class BlockSubmitter:
-    """A found block, assembled and sent to every node in parallel, off the miner's reply path; recorded with each
-    node's answer. `null` and "duplicate" count as accepted; anything else is a rejection with its reason."""
-
-    def __init__(self, nodes: Nodes, work: NodeWork, recorder, metrics) -> None:
-        self.nodes = nodes
-        self.work = work
-        self.recorder = recorder
-        self.metrics = metrics
-
-    def found(self, found: dict) -> None:
-        found["found_perf"] = time.perf_counter()
-        spawn_logged(self._submit, found, name="submitblock")
-
-    def _submit(self, found: dict) -> None:
-        job: Job = found["job"]
-        template: BlockTemplate = job.block
-        header = bytes.fromhex(found["header"])
-        try:
-            block = template.block_bytes(header, found["coinbase"])
-        except (TemplateError, ValueError) as exc:
-            log.error("BLOCK %s could not be assembled: %s", found["block_hash"], exc)
-            self._record(found, {}, "invalid")
-            return
-        built = time.perf_counter()
-        self.metrics.block_submit_delay.observe(built - found["found_perf"])
-        answers = self.nodes.call_all("submitblock", block.hex(), timeout=10.0)
-        results = {}
-        for name, answer in answers.items():
-            if answer is None or answer == "duplicate":
-                results[name] = "accepted" if answer is None else "duplicate"
-            elif isinstance(answer, Exception):
-                results[name] = f"error: {first_line(answer)}"
-            else:
-                results[name] = str(answer)
-        accepted = any(r in ("accepted", "duplicate") for r in results.values())
-        status = "submitted" if accepted else "rejected"
-        self.metrics.block_result("accepted" if accepted else "rejected")
-        log.log(logging.WARNING if accepted else logging.ERROR,
-                "BLOCK %s height %d by %r: %s (%s), %d bytes, sent %.1f ms after the share", found["block_hash"],
-                job.height, found["worker"], status, ", ".join(f"{k}: {v}" for k, v in results.items()), len(block),
-                (built - found["found_perf"]) * 1000)
-        self._record(found, results, status)
-        if accepted:
-            self.work.tip_changed("our block")     # the next template at once: miners move to the new tip
-
-    def _record(self, found: dict, results: dict, status: str) -> None:
-        job: Job = found["job"]
-        reward = sum(value for value, _ in _outputs_of(found["coinbase"]))
-        self.recorder.block({**found, "prevhash": job.block.previousblockhash if job.block else None,
-                             "reward": reward, "results": ujson.dumps(results), "status": status})
-
-
-def _outputs_of(coinbase: bytes) -> list[tuple[int, bytes]]:
-    from gstratum.mining.block import parse_transaction
-
-    try:
-        return [(o.value, o.script) for o in parse_transaction(coinbase).outputs]
-    except ValueError:
-        return []
-
-
-class BlockKeeper:
-    """Keeps the status of submitted blocks current: `confirmed` once CONFIRMATIONS deep on the active chain,
-    `orphaned` when the chain at that height has another block. Run by the cluster leader, every `every` seconds."""
-
-    def __init__(self, db, nodes: Nodes, leadership, every: float = 60.0) -> None:
-        self.db = db
-        self.nodes = nodes
-        self.leadership = leadership
-        self.every = every
-        self._greenlet = None
-
-    def run_once(self) -> int:
-        import psycopg2
-
-        changed = 0
-        try:
-            with self.db.connection() as conn, conn.cursor() as cur:
-                cur.execute("SELECT block_hash, height FROM blocks WHERE status = 'submitted'")
-                pending = cur.fetchall()
-        except psycopg2.Error as exc:
-            log.warning("block status check: %s", first_line(exc))
-            return 0
-        for block_hash, height in pending:
-            try:
-                header = self.nodes.call("getblockheader", block_hash, True, timeout=5.0)
-                confirmations = header["confirmations"]
-            except NodeError:
-                confirmations = -1                 # the node does not know it: not on its chain
-            except (NodeUnavailable, KeyError, TypeError):
-                continue
-            try:
-                at_height = self.nodes.call("getblockhash", height, timeout=5.0)
-            except NodeError:
-                at_height = None
-            except NodeUnavailable:
-                continue
-            if confirmations < 0 or (at_height is not None and at_height != block_hash):
-                status = "orphaned"
-            elif confirmations >= CONFIRMATIONS:
-                status = "confirmed"
-            else:
-                continue
-            try:
-                with self.db.connection() as conn, conn.cursor() as cur:
-                    cur.execute("UPDATE blocks SET status = %s WHERE block_hash = %s AND status = 'submitted'",
-                                (status, block_hash))
-                changed += 1
-                log.warning("block %s at height %d is %s", block_hash, height, status)
-            except psycopg2.Error as exc:
-                log.warning("block status update: %s", first_line(exc))
-        return changed
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(self.every)
-            if self.leadership is None or self.leadership.is_leader:
-                self.run_once()
-
-    def start(self) -> None:
-        self._greenlet = spawn_logged(self._run, name="block-keeper")
-
-    def stop(self) -> None:
-        stop_greenlet(self._greenlet)
+        self.nodes.stop_probes()
 
 
 def script_from_node(nodes: Nodes, address: str) -> tuple[bytes, str]:

@@ -209,7 +209,8 @@ class StatsApi:
                 "workers_online": len({w for s in snaps for w in s["workers"]}),
                 "hashrate": hashrate, "shares_per_second": float(shares) / 300.0,
                 "current_job": jobs[0] if jobs else None, "recent_jobs": jobs,
-                "blocks": self.blocks(10), "hashrate_history": self._history(None)}
+                "blocks": self.blocks(10), "hashrate_history": self._history(None),
+                "blocks_pending": sum(s.get("blocks_pending", 0) for s in snaps)}
 
     def _history(self, worker: str | None) -> list[dict]:
         rows = self._query("SELECT extract(epoch FROM minute), sum(difficulty_sum) FROM worker_minutes "
@@ -242,9 +243,11 @@ class StatsApi:
 
     def blocks(self, limit: int) -> list[dict]:
         rows = self._query("SELECT height, block_hash, worker, username, reward, status, results, "
-                           "extract(epoch FROM found_at) FROM blocks ORDER BY found_at DESC LIMIT %s", (limit,))
+                           "extract(epoch FROM found_at), attempts, reason FROM blocks "
+                           "ORDER BY found_at DESC LIMIT %s", (limit,))
         return [{"height": h, "block_hash": b, "worker": w, "user": u, "reward": r, "status": st, "results": res,
-                 "found_at": float(t)} for h, b, w, u, r, st, res, t in rows]
+                 "found_at": float(t), "attempts": n, "reason": why}
+                for h, b, w, u, r, st, res, t, n, why in rows]
 
     def best_shares(self, workers: list[str]) -> dict[str, tuple[float, float]]:
         """worker -> (best share ever, best share since the pool's last block found)."""

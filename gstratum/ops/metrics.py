@@ -58,7 +58,8 @@ class Metrics:
     loop_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
     gbt_latency: Histogram = field(default_factory=lambda: Histogram(DB_BUCKETS))
     block_submit_delay: Histogram = field(default_factory=lambda: Histogram(FANOUT_BUCKETS))
-    block_results: dict = field(default_factory=dict)  # "accepted" / "rejected" -> count
+    block_results: dict = field(default_factory=dict)  # "accepted" / "rejected" / "stale" -> count
+    block_resubmissions: int = 0                       # submitblock rounds after the first, for pending blocks
     chain_height: int = 0
 
     def block_result(self, result: str) -> None:
@@ -77,6 +78,7 @@ class Metrics:
                 "job_publish_failures": self.job_publish_failures, "accepted_difficulty": self.accepted_difficulty,
                 "gbt_latency": self.gbt_latency.as_dict(), "block_submit_delay": self.block_submit_delay.as_dict(),
                 "block_results": dict(self.block_results), "chain_height": self.chain_height,
+                "block_resubmissions": self.block_resubmissions,
                 "loop_lag": self.loop_lag.as_dict(), "dropped": dict(self.dropped),
                 "fanout": self.fanout.as_dict(), "db_write": self.db_write.as_dict(),
                 "gc_pause": self.gc_pause.as_dict()}
@@ -145,9 +147,17 @@ class PoolCollector:
         yield difficulty
         blocks = CounterMetricFamily("gstratum_blocks_submitted", "Blocks submitted to bitcoind, by result.",
                                      labels=["result"])
-        for result in ("accepted", "rejected"):
+        for result in ("accepted", "rejected", "stale"):
             blocks.add_metric([result], sum(s["counters"].get("block_results", {}).get(result, 0) for s in snaps))
         yield blocks
+        resubmissions = CounterMetricFamily("gstratum_block_resubmissions", "submitblock rounds for blocks still "
+                                            "pending (nodes down, stalled, or inconclusive).")
+        resubmissions.add_metric([], sum(s["counters"].get("block_resubmissions", 0) for s in snaps))
+        yield resubmissions
+        pending = GaugeMetricFamily("gstratum_blocks_pending", "Found blocks not accepted by any node yet (durable, "
+                                    "being resubmitted). Above 0 for long is a reward at risk.")
+        pending.add_metric([], sum(s.get("blocks_pending", 0) for s in snaps))
+        yield pending
         yield _histogram("gstratum_event_loop_lag_seconds", "How late a 5 ms timer fires: the event loop's stalls "
                          "as every miner feels them.", [s["counters"] for s in snaps], "loop_lag")
         yield _histogram("gstratum_getblocktemplate_seconds", "getblocktemplate round trips.",

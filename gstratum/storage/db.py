@@ -27,8 +27,8 @@ SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizati
 # Columns added to existing tables since the first schema (each by an idempotent ALTER ... IF NOT EXISTS in
 # etc/postgres): a database that lacks one gets the schema applied again.
 SCHEMA_COLUMNS = ("jobs.cluster", "blocks.status", "blocks.username", "blocks.results", "blocks.reward",
-                  "blocks.prevhash", "worker_minutes.best_achieved",
-                  "disconnections.live_shares")
+                  "blocks.prevhash", "worker_minutes.best_achieved", "blocks.block_bytes", "blocks.attempts",
+                  "blocks.reason", "blocks.updated_at", "blocks.cluster", "disconnections.live_shares")
 
 # Errors after which a connection may be broken: drop it rather than return it to the pool.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
