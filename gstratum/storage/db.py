@@ -23,12 +23,15 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting together apply the schema one at a time
 
 SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizations", "jobs", "shares", "blocks",
-                  "worker_minutes", "admin_actions", "extranonce1_seq")
+                  "worker_minutes", "admin_actions", "extranonce1_seq", "pplns_shares", "balances", "block_payouts",
+                  "pplns_current")
 # Columns added to existing tables since the first schema (each by an idempotent ALTER ... IF NOT EXISTS in
 # etc/postgres): a database that lacks one gets the schema applied again.
 SCHEMA_COLUMNS = ("jobs.cluster", "blocks.status", "blocks.username", "blocks.results", "blocks.reward",
                   "blocks.prevhash", "worker_minutes.best_achieved", "blocks.block_bytes", "blocks.attempts",
-                  "blocks.reason", "blocks.updated_at", "blocks.cluster", "disconnections.live_shares")
+                  "blocks.reason", "blocks.updated_at", "blocks.cluster", "disconnections.live_shares",
+                  "blocks.window_start", "blocks.window_end", "blocks.window_total", "blocks.window_shares",
+                  "blocks.balances_applied")
 
 # Errors after which a connection may be broken: drop it rather than return it to the pool.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
