@@ -24,6 +24,7 @@ from gstratum.config import Config
 from gstratum.errors import first_line
 from gstratum.greenlets import spawn_logged
 from gstratum.mining import bitcoin
+from gstratum.mining.address import normalize_address
 from gstratum.mining.channel import FoundBlock, MiningCore
 from gstratum.mining.jobs import JobBook, RandomJobSource
 from gstratum.mining.ledger import ShareLedger
@@ -43,6 +44,7 @@ from gstratum.storage.blocks import BlockFiles, BlockLedger
 from gstratum.storage.db import Database
 from gstratum.storage.journal import Journal
 from gstratum.storage.records import Recorder, make_server_id
+from gstratum.storage.pplns import PplnsLedger, PplnsSettings
 from gstratum.storage.resumption import Resumption, SessionDirectory, Subscriptions
 from gstratum.storage.retention import Retention
 from gstratum.storage.writer import Writer
@@ -86,10 +88,15 @@ class Pool:
         self.share_ledger = ShareLedger(self.book.prevhashes)
         self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.share_ledger,
                                      self.bus)
-        self.nodes = self.node_work = self.submitter = self.keeper = self.block_ledger = None
+        self.nodes = self.node_work = self.submitter = self.keeper = self.block_ledger = self.pplns = None
         if cfg.bitcoind:    # Bitcoin Core: every process asks the node itself, nothing is shared over the bus
             self.nodes = Nodes([NodeClient(url, cfg.bitcoind_cookie) for url in cfg.bitcoind], self.metrics)
-            self.block_ledger = BlockLedger(self.db)
+            if cfg.pplns:   # PPLNS: balances move with blocks' fates, in BlockLedger's transactions
+                self.pplns = PplnsLedger(self.db, cfg.cluster, PplnsSettings(
+                    payout_address=normalize_address(cfg.payout_address), pool_fee=cfg.pool_fee,
+                    window_factor=cfg.pplns_window, window_difficulty=cfg.pplns_window_difficulty,
+                    min_output=cfg.pplns_min_output, max_outputs=cfg.pplns_max_outputs))
+            self.block_ledger = BlockLedger(self.db, hooks=[self.pplns.on_block_status] if self.pplns else [])
             self.keeper = BlockKeeper(self.block_ledger, self.nodes, leadership=self.bus, cluster=cfg.cluster)
         vardiff = VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
                                 retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
@@ -97,7 +104,8 @@ class Pool:
         self.core = MiningCore(jobs=self.book, ledger=self.share_ledger, recorder=self.recorder, metrics=self.metrics,
                                stats=self.stats, network_target=network_target)
         services = Services(core=self.core, difficulty=cfg.difficulty, extranonce2_size=cfg.extranonce2_size,
-                            vardiff=vardiff, payout_for=self._solo_payout if cfg.solo else None)
+                            vardiff=vardiff, payout_for=self._solo_payout if cfg.solo else None,
+                            login_address=self._pplns_login if cfg.pplns else None)
         ports = []
         for spec, (sock, tls) in zip(cfg.listeners(), listeners):   # each port: its own difficulty bounds
             port_services = dataclasses.replace(services, difficulty=spec.difficulty, vardiff=dataclasses.replace(
@@ -117,10 +125,12 @@ class Pool:
             self.node_work = NodeWork(self.nodes, self.job_stream, self.metrics, cfg.payout_address,
                                       cfg.coinbase_tag.encode(), 8 + cfg.extranonce2_size, cfg.template_refresh,
                                       cfg.block_poll, cfg.zmq_hashblock, bus=self.bus, solo=bool(cfg.solo),
-                                      solo_fee=cfg.solo_fee, max_template_age=cfg.max_template_age)
+                                      solo_fee=cfg.solo_fee, max_template_age=cfg.max_template_age,
+                                      payouts=self.pplns)
             self.submitter = BlockSubmitter(self.nodes, self.node_work, self.block_ledger,
                                             BlockFiles(cfg.journal_dir / "blocks"), self.metrics,
-                                            self.recorder.new_id, cfg.cluster, leadership=self.bus)
+                                            self.recorder.new_id, cfg.cluster, leadership=self.bus,
+                                            record_first=self.pplns is not None)
         self.admin = AdminActions(self.server, self.bus, self.recorder)
         self.http_listener = http_listener
         self.http = None
@@ -199,6 +209,9 @@ class Pool:
 
     def _solo_payout(self, address: str) -> bytes:
         return self.node_work.solo_script(address)
+
+    def _pplns_login(self, user: str) -> str:
+        return self.node_work.pplns_login(user)
 
     def template_age(self) -> float:
         if self.node_work is not None:

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 
 
@@ -98,6 +99,12 @@ class Config:
     payout_address: str | None = None
     solo: int = 0
     solo_fee: float = 0.0             # percent of the reward to --payout-address in solo mode
+    pplns: int = 0                    # PPLNS paid from every coinbase (logins are ADDRESS[.WORKER])
+    pplns_window: Decimal = Decimal(2)            # F: the window sums to F x the network difficulty
+    pplns_window_difficulty: Decimal | None = None    # D: the window's sum directly (test networks)
+    pool_fee: Decimal = Decimal(0)    # percent of each reward to --payout-address (PPLNS), an exact decimal
+    pplns_min_output: int = 10_000    # sats: smaller amounts are carried as balances
+    pplns_max_outputs: int = 25       # payee outputs per coinbase (see gstratum/mining/pplns.py for the derivation)
     coinbase_tag: str = "/gstratum/"
     template_refresh: float = 30.0    # seconds between fresh templates (new fees) on the same block
     max_template_age: float = 120.0   # older than this, the node's work is not fresh: not ready
@@ -139,6 +146,18 @@ class Config:
         _check(0 <= self.solo_fee < 100, "solo_fee", "must be a percentage in [0, 100)")
         _check(not (self.solo and self.solo_fee) or bool(self.payout_address), "solo_fee",
                "needs --payout-address to receive the fee")
+        _check(not self.pplns or bool(self.bitcoind), "pplns", "needs --bitcoind (miners are paid by real blocks)")
+        _check(not (self.pplns and self.solo), "pplns", "and --solo are two payout schemes: choose one")
+        _check(not self.pplns or bool(self.payout_address), "pplns",
+               "needs --payout-address (the fee and what is not paid out)")
+        _check(self.pplns_window.is_finite() and self.pplns_window > 0, "pplns_window", "must be > 0")
+        _check(self.pplns_window_difficulty is None or (self.pplns_window_difficulty.is_finite()
+                                                        and self.pplns_window_difficulty > 0),
+               "pplns_window_difficulty", "must be > 0")
+        _check(self.pool_fee.is_finite() and 0 <= self.pool_fee < 100, "pool_fee",
+               "must be a percentage in [0, 100)")
+        _check(1 <= self.pplns_min_output <= 21_000_000 * 100_000_000, "pplns_min_output", "must be >= 1 sat")
+        _check(1 <= self.pplns_max_outputs <= 1000, "pplns_max_outputs", "must be 1..1000")
         _check(not self.bitcoind or self.solo or bool(self.payout_address), "payout_address",
                "is needed with --bitcoind in pool mode (the coinbase must pay someone)")
         _check(len(self.coinbase_tag.encode()) <= 60, "coinbase_tag", "must be at most 60 bytes")
@@ -190,6 +209,15 @@ def _is_network(text: str) -> bool:
     return True
 
 
+def _decimal(raw) -> Decimal:
+    """An exact decimal from a flag's text, or a TOML number (read through its shortest repr: 2.5 is 2.5)."""
+    try:
+        value = Decimal(str(raw).strip())
+    except ArithmeticError:
+        raise ValueError(f"not a decimal number: {raw!r}") from None
+    return value
+
+
 def _check(ok: bool, name: str, why: str) -> None:
     if not ok:
         raise ConfigError(f"invalid setting {name}: {why}")
@@ -201,6 +229,7 @@ def _convert(name: str, kind, raw):
     if str(kind) == "tuple[str, ...]":   # repeated flags arrive as a list, the environment as a comma list
         return tuple(raw) if isinstance(raw, (list, tuple)) else tuple(v.strip() for v in str(raw).split(",") if v.strip())
     converter = {"int": int, "float": float, "float | None": float, "str": str, "Path": Path, "str | None": str,
+                 "Decimal": _decimal, "Decimal | None": _decimal,
                  "Path | None": Path}.get(str(kind), str)
     try:
         return converter(raw)
@@ -208,7 +237,7 @@ def _convert(name: str, kind, raw):
         raise ConfigError(f"invalid setting {name}: {raw!r} ({exc})") from None
 
 
-SWITCHES = ("vardiff", "solo", "witness_commitment", "proxy_protocol")   # 0/1 settings: true/false in a file
+SWITCHES = ("vardiff", "solo", "witness_commitment", "proxy_protocol", "pplns")   # 0/1 settings: true/false in a file
 SECRETS = ("database_url", "listen_database_url", "admin_token", "bitcoind")
 
 
@@ -247,6 +276,7 @@ def from_sources(flags: argparse.Namespace | None = None, env: dict | None = Non
 
 
 _TOML_TYPES = {"int": (int,), "float": (int, float), "float | None": (int, float), "str": (str,), "str | None": (str,), "Path": (str,),
+               "Decimal": (int, float, str), "Decimal | None": (int, float, str),
                "Path | None": (str,), "tuple[str, ...]": (list, str)}
 
 
@@ -306,7 +336,7 @@ def effective(config: Config) -> dict:
         value = getattr(config, field.name)
         if field.name in SECRETS and value:
             value = ["***"] * len(value) if isinstance(value, tuple) else "***"
-        elif isinstance(value, Path):
+        elif isinstance(value, (Path, Decimal)):
             value = str(value)
         elif isinstance(value, tuple):
             value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
@@ -395,6 +425,19 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--solo", type=int, choices=[0, 1], nargs="?", const=1,
         help="solo mining: usernames are ADDRESS[.WORKER], each miner's coinbase pays its own address")
     add("--solo-fee", dest="solo_fee", type=float, help="solo mode: percent of each reward to --payout-address")
+    add("--pplns", type=int, choices=[0, 1], nargs="?", const=1,
+        help="PPLNS paid from the coinbase: logins are ADDRESS[.WORKER]; every job's coinbase pays the miners of the "
+             "window in proportion to their accepted share difficulty, --payout-address the fee and what is not paid")
+    add("--pplns-window", dest="pplns_window", help="F: the window is the newest accepted shares whose difficulty "
+                                                     "adds up to F x the network difficulty (default 2)")
+    add("--pplns-window-difficulty", dest="pplns_window_difficulty",
+        help="D: the window's difficulty sum itself (test networks, where the network difficulty is tiny)")
+    add("--pool-fee", dest="pool_fee", help="PPLNS: percent of each reward paid to --payout-address (default 0)")
+    add("--pplns-min-output", dest="pplns_min_output", type=int,
+        help="sats: a miner due less is not paid in this coinbase; it is carried as a balance (default 10000)")
+    add("--pplns-max-outputs", dest="pplns_max_outputs", type=int,
+        help="at most this many payee outputs per coinbase, the smallest dues carried (default 25: what real "
+             "firmware takes, see README Payouts)")
     add("--coinbase-tag", dest="coinbase_tag", help="text in every coinbase scriptSig (default /gstratum/)")
     add("--template-refresh", dest="template_refresh", type=float,
         help="seconds between fresh templates on the same block, for new fees (default 30)")

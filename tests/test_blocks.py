@@ -301,7 +301,7 @@ def test_status_changes_go_through_one_transaction_as_the_least_privilege_role(a
 
     seen = []
 
-    def hook(cur, row_id, block_hash, old, new):
+    def hook(cur, row_id, block_hash, old, new, block=None):
         cur.execute("SELECT status FROM blocks WHERE id = %s", (row_id,))
         seen.append((old, new, cur.fetchone()[0]))
         if new is S.ORPHANED and len(seen) == 3:

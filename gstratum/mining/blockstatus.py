@@ -198,13 +198,15 @@ class BlockRecord:
     reward: int | None      # satoshis the coinbase pays
     found_at: float         # epoch seconds
     cluster: str
+    payouts: dict | None = None   # PPLNS: the split its coinbase pays (gstratum.storage.pplns.JobPayout.record)
 
     def as_dict(self, with_block: bool = True) -> dict:
         """The record as JSON-ready values; without the block itself when it travels beside as raw bytes."""
         data = {"row_id": self.row_id, "block_hash": self.block_hash, "height": self.height,
                 "prevhash": self.prevhash, "header": self.header, "worker": self.worker, "username": self.username,
                 "connection_id": self.connection_id, "job_id": self.job_id, "reward": self.reward,
-                "found_at": self.found_at, "cluster": self.cluster, "size": len(self.block)}
+                "found_at": self.found_at, "cluster": self.cluster, "size": len(self.block),
+                "payouts": self.payouts}
         if with_block:
             data["block"] = self.block.hex()
         return data
@@ -222,4 +224,5 @@ class BlockRecord:
                    worker=str(data["worker"]), username=str(data["username"]),
                    connection_id=str(data["connection_id"]), job_id=str(data["job_id"]),
                    reward=None if data["reward"] is None else int(data["reward"]),
-                   found_at=float(data["found_at"]), cluster=str(data["cluster"]))
+                   found_at=float(data["found_at"]), cluster=str(data["cluster"]),
+                   payouts=data.get("payouts") if isinstance(data.get("payouts"), dict) else None)

@@ -126,10 +126,12 @@ class MiningCore:
     network_target: Callable[[Job], int] | None = None
 
     def submit(self, channel: Channel, worker: str, job_id: str, extranonce2: bytes, ntime: int, nonce: int,
-               version_bits: int | None, now: float, text: tuple | None = None) -> ShareOutcome:
+               version_bits: int | None, now: float, text: tuple | None = None,
+               address: str | None = None) -> ShareOutcome:
         """Judge a well-formed share from an authorized worker of `channel` and account for it. `text`: the
         (extranonce2, ntime, nonce, version_bits) hex strings as the row stores them, when the front end has them
-        already (V1); else they are formatted here (V2)."""
+        already (V1); else they are formatted here (V2). `address`: PPLNS, the address the worker's login names,
+        which an accepted share credits."""
         job, difficulty = channel.schedule.lookup(job_id, self.jobs)
         if job is None:
             return self._rejected(channel, worker, job_id, StratumCode.JOB_NOT_FOUND, "Job not found (stale)",
@@ -142,7 +144,7 @@ class MiningCore:
             return self._rejected(channel, worker, job_id, verdict.code, verdict.message, difficulty,
                                   verdict.achieved, now, fields)
         row = self.recorder.share_row(channel.connection_id, worker, job_id[:64], *fields, difficulty,
-                                      verdict.achieved, None, now)
+                                      verdict.achieved, None, now, address)
         metrics = self.metrics
         metrics.share(None)
         metrics.accepted_difficulty += difficulty

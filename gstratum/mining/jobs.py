@@ -38,6 +38,7 @@ class Job:
     seq: int = 0            # order in which this process's job book took the job (set by JobBook.add)
     block: object = field(default=None, repr=False)        # gstratum.mining.template.BlockTemplate of a node's job
     coinbase_for: Callable[[bytes], tuple[bytes, bytes]] | None = field(default=None, repr=False)   # solo
+    payout: object = field(default=None, repr=False)      # PPLNS: the split its coinbase pays (storage.pplns.JobPayout)
     _lines: dict = field(default_factory=dict, repr=False)
     _template: object = field(default=None, repr=False)
     _variants: dict = field(default_factory=dict, repr=False)

@@ -160,8 +160,11 @@ class Tracked:
 
 class BlockSubmitter:
     def __init__(self, nodes: Nodes, work, ledger: BlockLedger, files: BlockFiles, metrics, new_id, cluster: str,
-                 leadership=None) -> None:
+                 leadership=None, record_first: bool = False) -> None:
         self.nodes = nodes
+        # PPLNS: the row (with the split its coinbase pays) is in the database before the first submitblock, so any
+        # process that sees the node's new tip knows it is ours and waits for its balance changes (storage/pplns.py)
+        self.record_first = record_first
         self.work = work
         self.ledger = ledger
         self.files = files
@@ -198,7 +201,8 @@ class BlockSubmitter:
                             prevhash=template.previousblockhash, block=raw, header=found.header.hex(), worker=worker,
                             username=user_of(worker), connection_id=found.connection_id, job_id=found.job_id,
                             reward=sum(value for value, _ in _outputs_of(found.coinbase)),
-                            found_at=found_at, cluster=self.cluster)
+                            found_at=found_at, cluster=self.cluster,
+                            payouts=job.payout.record() if job.payout is not None else None)
         if block.block_hash in self._blocks:
             return
         tracked = self._blocks[block.block_hash] = Tracked(block, None, "found", busy=True)
@@ -212,6 +216,8 @@ class BlockSubmitter:
             except OSError as exc:
                 log.error("BLOCK %s: its durable copy could not be written in %s (%s); submitting anyway, but a crash "
                           "before a node accepts it would lose it", block.block_hash, self.files.directory, exc)
+            if self.record_first:
+                self._record(tracked)
             delay = time.perf_counter() - found_perf
             self.metrics.block_submit_delay.observe(delay)
             self._attempt(tracked, delay)

@@ -26,10 +26,11 @@ import gevent.lock
 
 from gstratum.errors import first_line
 from gstratum.greenlets import spawn_logged, stop_greenlet
-from gstratum.mining.address import describe_script, script_for_address
+from gstratum.mining.address import describe_script, normalize_address, script_for_address
 from gstratum.mining.jobs import Job
 from gstratum.mining.template import BlockTemplate, TemplateError, split_reward
 from gstratum.node.rpc import NodeError, NodeUnavailable, Nodes, off_loop
+from gstratum.storage.pplns import BALANCES_CHANNEL, PplnsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ class NodeWork:
 
     def __init__(self, nodes: Nodes, job_stream, metrics, payout_address: str | None, tag: bytes,
                  extranonce_size: int, template_refresh: float, block_poll: float, zmq_endpoints=(), bus=None,
-                 solo: bool = False, solo_fee: float = 0.0, max_template_age: float = 120.0) -> None:
+                 solo: bool = False, solo_fee: float = 0.0, max_template_age: float = 120.0, payouts=None) -> None:
         self.nodes = nodes
+        self.payouts = payouts                  # gstratum.storage.pplns.PplnsLedger: PPLNS, None otherwise
+        self._scripts: dict[str, bytes] = {}    # PPLNS payee address -> its script (decoded once)
         self.job_stream = job_stream
         self.metrics = metrics
         self.payout_address = payout_address
@@ -75,6 +78,8 @@ class NodeWork:
         self._reason = "start"                   # what woke the refresher last (logged with the clean job)
         if bus is not None:
             bus.subscribe(BLOCKNOTIFY_CHANNEL, self._on_blocknotify)
+            if payouts is not None:     # a process applied a block's balance changes: rebuild the job with them
+                bus.subscribe(BALANCES_CHANNEL, self._on_balances)
 
     # -- readiness ----------------------------------------------------------------------------------------------
     @property
@@ -102,6 +107,18 @@ class NodeWork:
             raise ValueError("the node's chain is not known yet (no node answered); try again shortly")
         return script_for_address(address, self.chain)
 
+    def pplns_login(self, user: str) -> str:
+        """PPLNS: a login's user part checked as an address of the node's chain (ValueError with the reason), and
+        returned as the node normalises it: the key of the miner's credit and balance."""
+        self.solo_script(user)
+        return normalize_address(user)
+
+    def _payee_script(self, address: str) -> bytes:
+        script = self._scripts.get(address)
+        if script is None:
+            script = self._scripts[address] = script_for_address(address, self.chain)
+        return script
+
     # -- templates to jobs --------------------------------------------------------------------------------------
     def _outputs(self, template: BlockTemplate, miner_script: bytes | None) -> list[tuple[int, bytes]]:
         if self.solo and miner_script is not None:
@@ -115,14 +132,26 @@ class NodeWork:
         def coinbase_for(script: bytes) -> tuple[bytes, bytes]:
             return template.coinbase_parts(self._outputs(template, script), self.tag, size)
 
-        # the pool's own variant: solo miners never get it (they wait for authorize), it pays the fee address
-        coinb1, coinb2 = template.coinbase_parts(
-            [(template.coinbasevalue, self.payout_script or bytes([0x6A]))], self.tag, size)
-        return Job(job_id=f"{self._prefix}{next(self._counter):x}", prevhash=template.stratum_prevhash,
-                   coinb1=coinb1.hex(), coinb2=coinb2.hex(),
-                   merkle_branch=tuple(h.hex() for h in template.merkle_branch), version=template.version_hex,
-                   nbits=template.bits_hex, ntime=template.curtime_hex, clean_jobs=clean, height=template.height,
-                   created_at=time.time(), block=template, coinbase_for=coinbase_for if self.solo else None)
+        created_at = time.time()
+        payout = None
+        if self.payouts is not None:        # PPLNS: the window's miners, then the fee output (one coinbase for all)
+            payout = self.payouts.job_payout(template.coinbasevalue, int(template.bits_hex, 16),
+                                             template.previousblockhash, template.height, created_at)
+            outputs = [(o.amount, self.payout_script if o.fee else self._payee_script(o.address))
+                       for o in payout.split.outputs]
+        else:
+            # the pool's own variant: solo miners never get it (they wait for authorize), it pays the fee address
+            outputs = [(template.coinbasevalue, self.payout_script or bytes([0x6A]))]
+        coinb1, coinb2 = template.coinbase_parts(outputs, self.tag, size)
+        job = Job(job_id=f"{self._prefix}{next(self._counter):x}", prevhash=template.stratum_prevhash,
+                  coinb1=coinb1.hex(), coinb2=coinb2.hex(),
+                  merkle_branch=tuple(h.hex() for h in template.merkle_branch), version=template.version_hex,
+                  nbits=template.bits_hex, ntime=template.curtime_hex, clean_jobs=clean, height=template.height,
+                  created_at=created_at, block=template, coinbase_for=coinbase_for if self.solo else None,
+                  payout=payout)
+        if payout is not None:
+            self.payouts.publish(job.job_id, payout)
+        return job
 
     def refresh(self, reason: str) -> bool:
         """Fetch a template and send its job (clean when the previous block changed). False when no node gave one."""
@@ -147,9 +176,14 @@ class NodeWork:
             if not clean and reason in NEW_BLOCK_TRIGGERS:
                 self.template_at = time.monotonic()
                 return True     # told of a block this template already builds on (or not yet): nothing to send
+            try:
+                job = self.make_job(template, clean)
+            except PplnsUnavailable as exc:
+                log.error("no PPLNS split (%s): no new work until the window can be read", exc)
+                self.last_error = f"PPLNS: {exc}"
+                return False
             self.template, self.template_at, self.tip = template, time.monotonic(), template.previousblockhash
             self.metrics.chain_height = template.height - 1
-            job = self.make_job(template, clean)
             self.job_stream.push(job)
             if clean:
                 learnt = self.tip_learnt_at
@@ -217,6 +251,10 @@ class NodeWork:
 
     def _on_blocknotify(self, message: dict) -> None:
         self.tip_changed("blocknotify")
+
+    def _on_balances(self, message: dict) -> None:
+        self.payouts.balances_changed()
+        self.tip_changed("balances")
 
     def start(self) -> None:
         """First template before miners are accepted (when a node answers); then the loops. An invalid payout

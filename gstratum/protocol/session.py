@@ -47,6 +47,7 @@ class Services:
     vardiff: VardiffPolicy = field(default_factory=lambda: VardiffPolicy(enabled=False))
     clock: Callable[[], float] = time.time
     payout_for: Callable[[str], bytes] | None = None   # solo: user (an address) -> its script; ValueError if invalid
+    login_address: Callable[[str], str] | None = None  # PPLNS: user -> the address as the node normalises it
 
     @property
     def jobs(self):
@@ -109,7 +110,7 @@ class Session:
         self.subscribing = False
         self.session_id: str | None = None
         self.extranonce1: str | None = None
-        self.workers: set[str] = set()
+        self.workers: dict[str, str | None] = {}     # authorized names -> the PPLNS address each one credits
         self.suggested: float | None = None
         self.minimum_difficulty = services.vardiff.min_difficulty
         self.requests = 0
@@ -248,21 +249,24 @@ class Session:
                                              f"{MAX_WORKERS_PER_CONNECTION})", req.id)
         out = V1Output()
         lines = []
-        if self.services.payout_for is not None:
-            try:
+        address = None
+        try:
+            if self.services.payout_for is not None:
                 lines = self._solo_payout(worker, req.id)
-            except RefusedLogin as err:     # recorded: an operator wants to see who tried to mine to what
-                self.errors += 1
-                out.send.append(rpc.encode_error(req.id, err))
-                out.row(self.core.recorder.authorization_row(self.connection_id, worker, self.remote_addr, False))
-                return out
+            elif self.services.login_address is not None:
+                address = self._pplns_address(worker, req.id)
+        except RefusedLogin as err:     # recorded: an operator wants to see who tried to mine to what
+            self.errors += 1
+            out.send.append(rpc.encode_error(req.id, err))
+            out.row(self.core.recorder.authorization_row(self.connection_id, worker, self.remote_addr, False))
+            return out
         requested = password_difficulty(req.params[1] if len(req.params) > 1 else None)
         if requested is not None:       # d=NUMBER in the password: this miner's start difficulty, within bounds
             self.suggested = requested
             if self.subscribed:
                 lines += self._retarget_lines(self._bounded(requested))
         if not known:                   # re-authorizing a name this connection holds adds no row
-            self.workers.add(worker)
+            self.workers[worker] = address
             self.core.metrics.authorizes += 1
             out.row(self.core.recorder.authorization_row(self.connection_id, worker, self.remote_addr, True))
         out.send += [rpc.encode_result(req.id, True)] + lines
@@ -284,6 +288,14 @@ class Session:
         channel.payout_script = script
         current = self.services.jobs.current
         return [current.for_payout(script).notify_line(True)] if current is not None and self.subscribed else []
+
+    def _pplns_address(self, worker: str, request_id) -> str:
+        """PPLNS: the user part of ADDRESS[.WORKER] is the address this worker's shares credit, refused with a clear
+        message when it is not an address of the node's chain (like solo)."""
+        try:
+            return self.services.login_address(worker.split(".", 1)[0])
+        except ValueError as exc:
+            raise RefusedLogin(UNAUTHORIZED, f"Invalid payout address: {exc}"[:300], request_id) from None
 
     def configure(self, req: Request) -> V1Output:
         """BIP310: answer each requested extension; unknown ones are answered false."""
@@ -378,7 +390,7 @@ class Session:
             return out
         outcome = core.submit(self.channel, worker, job_id, bytes.fromhex(extranonce2), int(ntime, 16),
                               int(nonce, 16), None if version_bits is None else int(version_bits, 16), now,
-                              (extranonce2, ntime, nonce, version_bits))
+                              (extranonce2, ntime, nonce, version_bits), self.workers[worker])
         if outcome.code is not None:
             self.errors += 1
             out = V1Output([rpc.encode_error(req.id, StratumError(outcome.code, outcome.message, req.id))])

@@ -160,7 +160,7 @@ class Change:
 
 
 # hook(cursor, row_id, block_hash, old, new): runs inside the status change's transaction
-Hook = Callable[[object, str, str, "BlockStatus | None", BlockStatus], None]
+Hook = Callable[[object, str, str, "BlockStatus | None", BlockStatus, "BlockRecord | None"], None]
 
 ROW_COLUMNS = ("id", "connection_id", "worker", "username", "job_id", "height", "block_hash", "prevhash", "header",
                "reward", "found_at", "cluster", "block_bytes", "status", "results", "reason", "attempts",
@@ -186,7 +186,7 @@ class BlockLedger:
                     return Change(None, None, False)
                 cur.execute(_INSERT, _row(block, new, reason, results, attempts or 0))
                 if cur.rowcount == 1:
-                    self._run_hooks(cur, row_id, block.block_hash, None, new)
+                    self._run_hooks(cur, row_id, block.block_hash, None, new, block)
                     return Change(None, new, True)
                 old = self._lock(cur, row_id)     # inserted by another process meanwhile: change it as any row
             if not allowed(old, new):
@@ -205,9 +205,11 @@ class BlockLedger:
         row = cur.fetchone()
         return _MISSING if row is None else parse_status(row[0])
 
-    def _run_hooks(self, cur, row_id: str, block_hash: str, old: BlockStatus | None, new: BlockStatus) -> None:
+    def _run_hooks(self, cur, row_id: str, block_hash: str, old: BlockStatus | None, new: BlockStatus,
+                   block: BlockRecord | None = None) -> None:
+        """`block`: the record of a row being inserted (None for a change of an existing row)."""
         for hook in self.hooks:
-            hook(cur, row_id, block_hash, old, new)
+            hook(cur, row_id, block_hash, old, new, block)
 
     def abandoned(self, cluster: str, idle_seconds: float) -> list[BlockRecord]:
         """Pending blocks of this pool that no process has touched for `idle_seconds` (their owner stopped and its

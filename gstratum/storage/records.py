@@ -195,13 +195,14 @@ class Recorder:
 
     def share_row(self, connection_id: str, worker: str, job_id: str, extranonce2: str | None, ntime: str | None,
                   nonce: str | None, version_bits: str | None, difficulty: float, achieved: float | None,
-                  error_code: int | None, at: float | None = None) -> tuple[str, tuple]:
-        """`at`: when the share arrived (the caller's clock reading), else now."""
+                  error_code: int | None, at: float | None = None, address: str | None = None) -> tuple[str, tuple]:
+        """`at`: when the share arrived (the caller's clock reading), else now. `address`: the PPLNS address an
+        accepted share credits (a 14th value the shares table does not store: the writer puts it in pplns_shares)."""
         if achieved is not None and achieved == _INFINITY:
             achieved = 1e300
         return "shares", (self.new_id(), connection_id, text(worker), text(job_id), extranonce2, ntime, nonce,
                           version_bits, difficulty, achieved, error_code is None, error_code,
-                          self.clock() if at is None else at)
+                          self.clock() if at is None else at, address)
 
     def share(self, *args, **kwargs) -> None:
         self._sink(*self.share_row(*args, **kwargs))

@@ -1,0 +1,303 @@
+"""PPLNS as the database holds it: the window of the pool's accepted shares, the balances, each job's split, and the
+balance changes that go with a block's fate (the rule itself is pure: gstratum/mining/pplns.py).
+
+The window is the database's, not one process's. Every process keeps the window in memory (`Window`: O(1) a share)
+and follows `pplns_shares`, where the writer puts every accepted share of the pool with a `submitted_at` strictly
+increasing per pool (assigned under a per-pool lock, so a reader never sees an older share appear after a newer
+one): the state at any moment is a prefix, and every process that has read the same prefix computes the same split.
+A process reads what is new before each split: at every template (a new block, a refresh every --template-refresh
+seconds, and at once when balances change).
+
+Balances change only in the transaction that moves a block to accepted (or back, when it is orphaned): the
+BlockLedger hook `on_block_status` inserts the block's split when its row is created and applies or reverses the
+balance changes with the status. A job built on a block of ours must pay the balances as that block left them, so
+before such a split the ledger waits (briefly) for the block's changes to be applied; if they are not applied in
+time it pays no balance in that job (credits are paid or carried, nothing is paid twice) and the job is refreshed as
+soon as they are.
+"""
+from __future__ import annotations
+
+import decimal
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from fractions import Fraction
+
+import gevent
+import psycopg2
+import ujson
+
+from gstratum.cluster.bus import Bus
+from gstratum.errors import first_line
+from gstratum.greenlets import spawn_logged
+from gstratum.mining import pplns
+from gstratum.mining.blockstatus import BlockStatus
+from gstratum.mining.pplns import Split, Window, WindowSnapshot
+
+log = logging.getLogger(__name__)
+
+BALANCES_CHANNEL = "balances"
+APPLIED = (BlockStatus.SUBMITTED, BlockStatus.CONFIRMED)   # statuses whose balance changes are in force
+APPLY_WAIT = 2.0          # seconds a split on our own new block waits for that block's balance changes
+LOAD_BATCH = 20_000
+
+
+class PplnsUnavailable(Exception):
+    """The window was never read from the database: there is no split to pay, so no job (no invented payout)."""
+
+
+@dataclass(frozen=True)
+class PplnsSettings:
+    payout_address: str                 # as the node normalises it: gets the fee and what is not paid out
+    pool_fee: Decimal = pplns.DEFAULT_POOL_FEE
+    window_factor: Decimal = pplns.DEFAULT_WINDOW_FACTOR
+    window_difficulty: Decimal | None = None     # --pplns-window-difficulty: the target itself
+    min_output: int = pplns.DEFAULT_MIN_OUTPUT
+    max_outputs: int = pplns.DEFAULT_MAX_OUTPUTS
+
+    def target(self, nbits: int) -> Fraction:
+        if self.window_difficulty is not None:
+            return Fraction(self.window_difficulty)
+        return pplns.window_target(self.window_factor, nbits)
+
+
+@dataclass(frozen=True)
+class JobPayout:
+    """What one job's coinbase pays, and why: the split and the window it counted. Recorded with any block found on
+    the job, so the block's balance changes are exactly the ones its coinbase implies."""
+
+    split: Split
+    window: WindowSnapshot
+    job_created_at: datetime
+    height: int
+    balances_paid: bool      # False: this job pays no balance (our previous block's changes were not applied yet)
+
+    def record(self) -> dict:
+        """JSON-ready: the block record (file and row) and the API's current split."""
+        split, window = self.split, self.window
+        total = window.total
+        miners = []
+        for address in sorted(split.credits.keys() | split.balances.keys(),
+                              key=lambda a: (-split.due(a), a)):
+            weight = window.weights.get(address, Decimal(0))
+            miners.append({"address": address, "weight": str(weight),
+                           "share": float(weight / total) if total else 0.0,
+                           "credit": split.credits.get(address, 0), "balance": split.balances.get(address, 0),
+                           "due": split.due(address), "paid": split.paid.get(address, 0)})
+        return {"height": self.height, "created_at": self.job_created_at.isoformat(), "reward": split.reward,
+                "fee": split.fee, "payout_address": split.payout_address, "balances_paid": self.balances_paid,
+                "window": {"start": window.start.isoformat(), "end": window.end.isoformat(), "total": str(total),
+                           "shares": window.shares, "target": str(Decimal(window.target.numerator)
+                                                                  / Decimal(window.target.denominator)),
+                           "complete": window.complete},
+                "miners": miners,
+                "outputs": [{"address": o.address, "amount": o.amount, "fee": o.fee} for o in split.outputs]}
+
+
+class PplnsLedger:
+    """The window and balances of one pool (`cluster`), kept in memory from the database, and the split of each job.
+    `job_payout` may wait on the database: it runs in the template refresher's greenlet, never on a miner's reply
+    path."""
+
+    def __init__(self, db, cluster: str, settings: PplnsSettings, retain: Decimal = pplns.DEFAULT_RETAIN):
+        self.db = db
+        self.cluster = cluster
+        self.settings = settings
+        self.retain = retain
+        self.window: Window | None = None
+        self.newest: datetime | None = None          # the newest share read from the database
+        self.balances: dict[str, int] = {}
+        self.balances_read = False
+        self.current: JobPayout | None = None
+
+    # -- the window -----------------------------------------------------------------------------------------------
+    def _load(self, cur, target: Fraction) -> None:
+        """The window from the database: newest first until the shares reach target x retain (the older ones a
+        larger target may take back), then followed from the newest."""
+        cur.execute("SELECT max(submitted_at) FROM pplns_shares WHERE cluster = %s", (self.cluster,))
+        (newest,), = cur.fetchall()
+        keep = target * Fraction(self.retain)
+        rows: list[tuple] = []
+        preceding = None
+        if newest is not None:
+            total = Decimal(0)
+            decimal.getcontext().prec = max(decimal.getcontext().prec, 200)   # a stop criterion, not the sums
+            cursor_time = newest
+            done = False
+            while not done:
+                cur.execute("SELECT address, difficulty, submitted_at FROM pplns_shares WHERE cluster = %s AND "
+                            "submitted_at <= %s ORDER BY submitted_at DESC LIMIT %s",
+                            (self.cluster, cursor_time, LOAD_BATCH + 1 if not rows else LOAD_BATCH))
+                batch = cur.fetchall()
+                if rows and batch and batch[0][2] == cursor_time:
+                    batch = batch[1:]            # the boundary row was read in the previous batch
+                for address, difficulty, submitted_at in batch:
+                    if total * keep.denominator >= keep.numerator:
+                        preceding = submitted_at
+                        done = True
+                        break
+                    rows.append((address, difficulty, submitted_at))
+                    total += difficulty
+                if len(batch) < LOAD_BATCH:
+                    break
+                cursor_time = batch[-1][2]
+        window = Window(target, retain=self.retain, preceding=preceding)
+        window.extend(reversed(rows))
+        self.window, self.newest = window, newest
+        log.info("PPLNS window loaded: %d shares, %d miners, total %s of target %s", window.shares,
+                 window.addresses, window.total, float(target))
+
+    def _follow(self, cur) -> int:
+        """Append the shares the pool credited since the newest one read."""
+        count = 0
+        while True:
+            cur.execute("SELECT address, difficulty, submitted_at FROM pplns_shares WHERE cluster = %s AND "
+                        "submitted_at > %s ORDER BY submitted_at LIMIT %s",
+                        (self.cluster, self.newest or pplns.EPOCH, LOAD_BATCH))
+            rows = cur.fetchall()
+            if rows:
+                self.window.extend(rows)
+                self.newest = rows[-1][2]
+                count += len(rows)
+            if len(rows) < LOAD_BATCH:
+                return count
+
+    def _refresh_window(self, cur, target: Fraction) -> None:
+        if self.window is None:
+            self._load(cur, target)
+            return
+        if self.window.target != target:
+            self.window.set_target(target)
+            if not self.window.complete:     # a larger target than the shares kept in memory cover: read them
+                self._load(cur, target)
+                return
+        self._follow(cur)
+
+    # -- balances -------------------------------------------------------------------------------------------------
+    def _read_balances(self, cur) -> None:
+        cur.execute("SELECT address, balance FROM balances WHERE cluster = %s AND balance <> 0", (self.cluster,))
+        self.balances = {address: int(balance) for address, balance in cur.fetchall()}
+        self.balances_read = True
+
+    def _tip(self, cur, tip: str) -> tuple[bool, bool]:
+        """(ours, settled): whether `tip` is a block of this pool, and whether its balance changes are where its
+        status says (False while it is pending or accepted and its transaction has not run: a split now would pay
+        balances that block already paid)."""
+        cur.execute("SELECT status, balances_applied FROM blocks WHERE cluster = %s AND block_hash = %s",
+                    (self.cluster, tip))
+        row = cur.fetchone()
+        if row is None:
+            return False, True
+        status, applied = row
+        return True, bool(applied) or status not in (BlockStatus.PENDING.value, BlockStatus.SUBMITTED.value)
+
+    def balances_changed(self) -> None:
+        """A process applied or reversed a block's balance changes (heard on the cluster bus): read them again."""
+        self.balances_read = False
+
+    # -- a job's split ----------------------------------------------------------------------------------------------
+    def job_payout(self, reward: int, nbits: int, tip: str, height: int, created_at: float) -> JobPayout:
+        """The split of a job on `tip` paying `reward`: the window as the database holds it now, and the balances
+        as our blocks up to `tip` left them. While the database cannot be read, the window as last read and no
+        balance; PplnsUnavailable when it was never read (no split to pay: the caller makes no job)."""
+        target = self.settings.target(nbits)
+        try:
+            settled = self._read(target, tip)
+        except psycopg2.Error as exc:
+            if self.window is None:
+                raise PplnsUnavailable(first_line(exc)) from None
+            log.warning("PPLNS: the database cannot be read (%s); this job counts the window as last read and pays "
+                        "no balance", first_line(exc))
+            self.balances_read = False
+            settled = False
+        moment = datetime.fromtimestamp(created_at, timezone.utc)
+        snapshot = self.window.snapshot(moment)
+        settings = self.settings
+        balances = self.balances if settled else {}
+        if not settled:
+            log.warning("PPLNS: the balances as block %s left them are not known yet; this job pays no balance "
+                        "(credits are paid or carried, nothing twice) and is rebuilt once they are", tip)
+        split = pplns.split(reward, settings.pool_fee, snapshot.weights, balances, settings.min_output,
+                            settings.max_outputs, payout_address=settings.payout_address)
+        payout = JobPayout(split, snapshot, moment, height, settled)
+        self.current = payout
+        return payout
+
+    def _read(self, target: Fraction, tip: str) -> bool:
+        """Catch up with the database: the window, then the balances as our blocks up to `tip` left them. False when
+        `tip` is a block of ours whose balance changes are still not applied after APPLY_WAIT."""
+        deadline = time.monotonic() + APPLY_WAIT
+        with self.db.connection() as conn, conn.cursor() as cur:
+            self._refresh_window(cur, target)
+            ours, settled = self._tip(cur, tip)
+            while not settled and time.monotonic() < deadline:
+                conn.rollback()                  # a fresh snapshot for the next look
+                gevent.sleep(0.02)
+                ours, settled = self._tip(cur, tip)
+            if settled and (ours or not self.balances_read):
+                self._read_balances(cur)         # our own block moved balances: read them as it left them
+        return settled
+
+    def publish(self, job_id: str, payout: JobPayout) -> None:
+        """The split paid now, for the API and dashboard (its own greenlet: never delays a job)."""
+        spawn_logged(self._publish, job_id, payout, name="pplns-current")
+
+    def _publish(self, job_id: str, payout: JobPayout) -> None:
+        try:
+            with self.db.connection() as conn, conn.cursor() as cur:
+                cur.execute("INSERT INTO pplns_current (cluster, job_id, created_at, split) VALUES (%s, %s, %s, %s) "
+                            "ON CONFLICT (cluster) DO UPDATE SET job_id = EXCLUDED.job_id, "
+                            "created_at = EXCLUDED.created_at, split = EXCLUDED.split "
+                            "WHERE pplns_current.created_at <= EXCLUDED.created_at",
+                            (self.cluster, job_id, payout.job_created_at,
+                             ujson.dumps({"job_id": job_id, **payout.record()})))
+        except psycopg2.Error as exc:
+            log.warning("PPLNS: current split not published: %s", first_line(exc))
+
+    # -- a block's fate (BlockLedger hook, inside its transaction) ---------------------------------------------------
+    def on_block_status(self, cur, row_id: str, block_hash: str, old: BlockStatus | None, new: BlockStatus,
+                        block=None) -> None:
+        """Insert the split with a new block row; apply its balance changes when it is accepted, reverse them when
+        an accepted block is orphaned (the row's `balances_applied` makes both idempotent)."""
+        payouts = getattr(block, "payouts", None) if block is not None else None
+        if old is None and payouts:
+            self._insert_split(cur, row_id, block_hash, payouts)
+        if new in APPLIED and old not in APPLIED:
+            self._move_balances(cur, row_id, block_hash, apply=True)
+        elif old in APPLIED and new not in APPLIED:
+            self._move_balances(cur, row_id, block_hash, apply=False)
+
+    def _insert_split(self, cur, row_id: str, block_hash: str, payouts: dict) -> None:
+        window = payouts["window"]
+        cur.execute("UPDATE blocks SET window_start = %s, window_end = %s, window_total = %s::numeric, "
+                    "window_shares = %s WHERE id = %s",
+                    (window["start"], window["end"], window["total"], window["shares"], row_id))
+        positions = {(o["address"], o["fee"]): index for index, o in enumerate(payouts["outputs"])}
+        rows = [(block_hash, self.cluster, m["address"], False, m["weight"], m["credit"], m["balance"], m["paid"],
+                 positions.get((m["address"], False))) for m in payouts["miners"]]
+        rows += [(block_hash, self.cluster, o["address"], True, "0", 0, 0, o["amount"], positions[(o["address"], True)])
+                 for o in payouts["outputs"] if o["fee"]]
+        if rows:
+            cur.executemany("INSERT INTO block_payouts (block_hash, cluster, address, fee, weight, credit, balance, "
+                            "paid, position) VALUES (%s, %s, %s, %s, %s::numeric, %s, %s, %s, %s) "
+                            "ON CONFLICT DO NOTHING", rows)
+
+    def _move_balances(self, cur, row_id: str, block_hash: str, apply: bool) -> None:
+        cur.execute("SELECT balances_applied FROM blocks WHERE id = %s", (row_id,))
+        row = cur.fetchone()
+        if row is None or bool(row[0]) == apply:
+            return
+        sign = 1 if apply else -1
+        cur.execute("INSERT INTO balances (cluster, address, balance, updated_at) "
+                    "SELECT cluster, address, %s * (credit - paid), now() FROM block_payouts "
+                    "WHERE block_hash = %s AND cluster = %s AND NOT fee AND credit <> paid "
+                    "ON CONFLICT (cluster, address) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, "
+                    "updated_at = now()", (sign, block_hash, self.cluster))
+        moved = cur.rowcount
+        cur.execute("UPDATE blocks SET balances_applied = %s WHERE id = %s", (apply, row_id))
+        cur.execute("SELECT pg_notify(%s, %s)", (Bus.channel_of(self.cluster, BALANCES_CHANNEL),
+                                                 ujson.dumps({"block": block_hash, "applied": apply})))
+        log.warning("PPLNS: block %s %s: %d balance(s) %s", block_hash, "accepted" if apply else "no longer accepted",
+                    moved, "moved by credit - paid" if apply else "restored")
