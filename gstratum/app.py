@@ -97,7 +97,8 @@ class Pool:
                     window_factor=cfg.pplns_window, window_difficulty=cfg.pplns_window_difficulty,
                     min_output=cfg.pplns_min_output, max_outputs=cfg.pplns_max_outputs))
             self.block_ledger = BlockLedger(self.db, hooks=[self.pplns.on_block_status] if self.pplns else [])
-            self.keeper = BlockKeeper(self.block_ledger, self.nodes, leadership=self.bus, cluster=cfg.cluster)
+            self.keeper = BlockKeeper(self.block_ledger, self.nodes, leadership=self.bus, cluster=cfg.cluster,
+                                      every=cfg.block_keeper_interval)
         vardiff = VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
                                 retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
                                 max_difficulty=cfg.max_difficulty)

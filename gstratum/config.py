@@ -109,6 +109,7 @@ class Config:
     template_refresh: float = 30.0    # seconds between fresh templates (new fees) on the same block
     max_template_age: float = 120.0   # older than this, the node's work is not fresh: not ready
     block_poll: float = 1.0           # getbestblockhash every this many seconds, beside ZMQ
+    block_keeper_interval: float = 60.0   # seconds between the leader's checks of accepted blocks (confirmed/orphaned)
     listen: tuple[ListenSpec, ...] = ()   # [[listen]] tables of the config file; empty: one port, host/port
 
     def __post_init__(self) -> None:
@@ -164,6 +165,7 @@ class Config:
         _check(self.template_refresh > 0 and self.max_template_age > self.template_refresh, "template_refresh",
                "must be > 0 and below max_template_age")
         _check(self.block_poll > 0, "block_poll", "must be > 0")
+        _check(self.block_keeper_interval > 0, "block_keeper_interval", "must be > 0")
         for spec in self.listen:
             _check(0 <= spec.port <= 65535, "listen.port", f"{spec.port} must be 0..65535")
             _check((spec.tls_cert is None) == (spec.tls_key is None), "listen", "tls_cert and tls_key go together")
@@ -444,6 +446,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-template-age", dest="max_template_age", type=float,
         help="seconds after which the node's work counts as stale: readiness turns false (default 120)")
     add("--block-poll", dest="block_poll", type=float, help="getbestblockhash poll interval in seconds (default 1)")
+    add("--block-keeper-interval", dest="block_keeper_interval", type=float,
+        help="seconds between the cluster leader's checks of accepted blocks: confirmed 100 deep, orphaned, back "
+             "(default 60)")
 
 
 def worker_count(cfg: Config) -> int:
