@@ -99,21 +99,27 @@ class Journal:
         """Write the buffered rows and fsync: one fsync per group, not per row. True when every row appended is
         on disk. False when the write failed (the rows stay buffered) or waits for its backoff."""
         if not self._buffer:
+            if not self.healthy and not self._closed and self.retry_due():
+                self._write(b"\n")   # nothing to write, but is the disk still failing? (a blank line is skipped)
             return True
         if self._closed or not self.retry_due():
             return False
-        lines = []
-        for table, row in self._buffer:
-            line = _line(table, row)
+        lines, encodable = [], []
+        for item in self._buffer:
+            line = _line(*item)
             if line is None:
                 self.rows_unencodable += 1
-                log.error("a %s row could not be encoded for the journal and is lost: %.300r", table, row)
+                log.error("a %s row could not be encoded for the journal and is lost: %.300r", *item)
             else:
                 lines.append(line)
-        if not lines:
-            self._buffer.clear()
-            return True
-        data = b"\n".join(lines) + b"\n"
+                encodable.append(item)
+        self._buffer = encodable
+        if lines and not self._write(b"\n".join(lines) + b"\n"):
+            return False
+        self._buffer.clear()
+        return True
+
+    def _write(self, data: bytes) -> bool:
         try:
             if self._fd is None:        # a rotation could not open the next file: try again now
                 self.open()
@@ -121,7 +127,6 @@ class Journal:
         except OSError as exc:
             self._failed(exc)
             return False
-        self._buffer.clear()
         self._size += len(data)
         self.bytes_on_disk += len(data)
         if not self.healthy:
