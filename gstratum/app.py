@@ -172,7 +172,7 @@ class Pool:
         return {"at": time.time(), "server_id": self.server_id, "processes": 1,
                 "connections": len(server.connections), "subscribed": len(server.subscribed),
                 "writer_queue": writer.pending, "journal_bytes": self.journal.bytes_on_disk,
-                "journal_failures": self.journal.failures, "rows_dropped": writer.rows_dropped,
+                "journal_failures": self.journal.failures, "rows_dropped": writer.rows_lost,
                 "loop_restarts": self.loops.restarts(), "loops_down": len(self.loops.down()),
                 "extranonce_reserve": self.allocator.reserve, "counters": self.metrics.counters(),
                 "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent),

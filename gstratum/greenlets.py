@@ -90,8 +90,10 @@ class Loop:
                 self.restarts += 1
                 self.last_error = f"{type(exc).__name__}: {first_line(exc)}"[:300]
                 ran = time.monotonic() - started
-                backoff = self.first_backoff if not backoff or ran > HEALTHY_AFTER else min(backoff * 2,
-                                                                                             self.max_backoff)
+                if not backoff or ran > HEALTHY_AFTER:
+                    backoff = self.first_backoff
+                else:
+                    backoff = min(backoff * 2, self.max_backoff)
                 self.down = True
                 log.error("loop %s crashed after %.1fs (%s); restart %d in %.1fs", self.name, ran,
                           self.last_error, self.restarts, backoff, exc_info=True)

@@ -105,7 +105,7 @@ def test_writer_keeps_rows_in_memory_while_the_journal_fails_bounded_and_counted
         recorder.authorized("c", f"w{i}", "127.0.0.1", True)
     assert writer.pending == 10 and journal.buffered == 10     # past the queue: spilled
     writer._keep_journal()                                    # the disk refuses: taken back into memory
-    assert writer.pending == 20 and journal.buffered == 0 and not writer.journal_ok
+    assert writer.pending == 20 and journal.buffered == 0 and not journal.healthy
     for i in range(20, 40):
         recorder.authorized("c", f"w{i}", "127.0.0.1", True)
     assert writer.pending == 30 and writer.rows_dropped == 10
@@ -113,7 +113,7 @@ def test_writer_keeps_rows_in_memory_while_the_journal_fails_bounded_and_counted
     assert wait_until(journal.retry_due, timeout=5)
     writer._keep_journal()
     writer._keep_journal()
-    assert writer.pending == 10 and writer.journal_ok
+    assert writer.pending == 10 and journal.healthy
     assert sum(len(batch) for batch in read_batches(journal.path, 100)) == 20
     journal.close()
 

@@ -177,8 +177,8 @@ class PoolCollector:
         for key, name, doc in (("journal_failures", "gstratum_journal_write_failures_total",
                                 "Spill journal writes that failed (disk full, I/O error); the rows stay in memory."),
                                ("rows_dropped", "gstratum_rows_dropped_total",
-                                "Rows lost: the writer's memory bound was reached while the journal could not be "
-                                "written.")):
+                                "Rows lost: past the writer's memory bound while the journal could not be written, "
+                                "or not encodable at all.")):
             counter = CounterMetricFamily(name[:-6], doc)
             counter.add_metric([], sum(s.get(key, 0) for s in snaps))
             yield counter

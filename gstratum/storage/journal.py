@@ -33,14 +33,18 @@ RETRY_MAX = 10.0
 def _line(table: str, row: tuple) -> bytes | None:
     """One row as a UTF-8 JSON line; a row that does not encode as it is (a lone surrogate that slipped past the
     recorder: ujson lets it through, UTF-8 refuses it; an odd type) is cleaned first; None when even that fails."""
-    for candidate in (row, None):
-        try:
-            if candidate is None:
-                candidate = storable(row)
-            return ujson.dumps([table, candidate], ensure_ascii=False, escape_forward_slashes=False).encode()
-        except (ValueError, TypeError, OverflowError):   # UnicodeEncodeError is a ValueError
-            continue
-    return None
+    try:
+        return _encode(table, row)
+    except (ValueError, TypeError, OverflowError):   # UnicodeEncodeError is a ValueError
+        pass
+    try:
+        return _encode(table, storable(row))
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _encode(table: str, row: tuple) -> bytes:
+    return ujson.dumps([table, row], ensure_ascii=False, escape_forward_slashes=False).encode()
 
 
 class Journal:

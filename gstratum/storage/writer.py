@@ -87,6 +87,11 @@ class Writer:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def rows_lost(self) -> int:
+        """Rows that will never reach the database: dropped past the memory bound, or not encodable at all."""
+        return self.rows_dropped + (self.journal.rows_unencodable if self.journal is not None else 0)
+
     def put(self, table: str, row: tuple) -> None:
         """Queue one row; never blocks, never raises. Past max_queue it goes to the journal; while the journal
         fails, it stays in memory up to max_memory rows; past that (or past max_queue without a journal) it is
@@ -115,10 +120,12 @@ class Writer:
             self._wake.clear()
             self._keep_journal()
             if self.rows_dropped != reported_drops and time.monotonic() - reported_at > DROP_LOG_EVERY:
-                log.error("%d rows dropped so far: %s", self.rows_dropped,
-                          f"{len(self._queue)} rows in memory and the journal cannot be written "
-                          f"({self.journal.last_error})" if self.journal is not None else "writer queue full and "
-                          "no journal")
+                if self.journal is None:
+                    why = "writer queue full and no journal"
+                else:
+                    why = f"{len(self._queue)} rows in memory and the journal cannot be written " \
+                          f"({self.journal.last_error})"
+                log.error("%d rows dropped so far: %s", self.rows_dropped, why)
                 reported_drops, reported_at = self.rows_dropped, time.monotonic()
             if time.monotonic() < self._next_attempt:
                 continue
@@ -142,10 +149,6 @@ class Writer:
         room = max(self.max_memory - len(queue), 0)
         queue.extend(rows[:room])
         self.rows_dropped += max(len(rows) - room, 0)
-
-    @property
-    def journal_ok(self) -> bool:
-        return self.journal is None or self.journal.healthy
 
     def _failed(self, exc: psycopg2.Error, rows: int) -> None:
         self.failures += 1
@@ -297,4 +300,6 @@ class Writer:
                        and not self.journal.pending_files(own_only=True))
         if self._queue:
             log.error("writer stopped with %d rows not written (%s)", len(self._queue), self.last_error)
-        return written
+        if self.rows_lost:
+            log.error("%d rows were lost while this process ran (see above)", self.rows_lost)
+        return written and not self.rows_lost
