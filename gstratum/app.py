@@ -22,7 +22,7 @@ from gstratum.cluster.bus import Bus
 from gstratum.cluster.jobstream import JobStream
 from gstratum.config import Config
 from gstratum.errors import first_line
-from gstratum.greenlets import spawn_logged
+from gstratum.greenlets import Loops
 from gstratum.mining import bitcoin
 from gstratum.mining.address import normalize_address
 from gstratum.mining.channel import FoundBlock, MiningCore
@@ -74,16 +74,20 @@ class Pool:
         self.server_id = make_server_id()
         self.metrics = Metrics()
         self.stats = PoolStats()
+        self.loops = Loops()          # every long-lived greenlet: restarted when it raises, down ones make us unready
         self.db = Database(database_url, size=4)
         # the HTTP API reads on connections of its own, with a statement timeout: never on the writer's
         self.api_db = http.api_database(database_url) if http_listener is not None and snapshot_dir is None else None
         self.journal = Journal(cfg.journal_dir, self.server_id)
         self.writer = Writer(self.db, batch=cfg.writer_batch, interval=cfg.writer_interval, max_queue=cfg.writer_queue,
-                             journal=self.journal, on_write=self.metrics.db_write.observe)
+                             journal=self.journal, on_write=self.metrics.db_write.observe,
+                             max_memory=cfg.writer_memory, loops=self.loops)
         self.recorder = Recorder(self.writer.put, self.server_id, cfg.cluster)
-        self.allocator = SequenceAllocator(self.db, block=cfg.extranonce_block, wait=cfg.subscribe_wait)
-        self.bus = Bus(cfg.listen_database_url or database_url, self.db, cfg.cluster, self.server_id)
-        self.retention = Retention(self.db, cfg.retention_days, leadership=self.bus)
+        self.allocator = SequenceAllocator(self.db, block=cfg.extranonce_block, wait=cfg.subscribe_wait,
+                                           loops=self.loops)
+        self.bus = Bus(cfg.listen_database_url or database_url, self.db, cfg.cluster, self.server_id,
+                       loops=self.loops)
+        self.retention = Retention(self.db, cfg.retention_days, leadership=self.bus, loops=self.loops)
         self.book = JobBook()
         self.share_ledger = ShareLedger(self.book.prevhashes)
         self.resumption = Resumption(SessionDirectory(self.db, cfg.resume_window), self.metrics, self.share_ledger,
@@ -114,14 +118,13 @@ class Pool:
             ports.append(Port(sock, functools.partial(Session, port_services), tls))
         self.server = StratumServer(cfg, ports, self.recorder, self.metrics, vardiff,
                                     Subscriptions(self.allocator, self.resumption), self.share_ledger,
-                                    self._on_block,
-                                    self.resumption)
+                                    self._on_block, self.resumption, loops=self.loops)
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
                                  witness_commitment=bool(cfg.witness_commitment))
         self.job_stream = JobStream(source, self.book, self.server.broadcast, self.recorder, self.metrics,
                                     cfg.notify_interval, cfg.clean_every, db=self.db,
-                                    bus=None if self.nodes is not None else self.bus)
+                                    bus=None if self.nodes is not None else self.bus, loops=self.loops)
         if self.nodes is not None:
             self.node_work = NodeWork(self.nodes, self.job_stream, self.metrics, cfg.payout_address,
                                       cfg.coinbase_tag.encode(), 8 + cfg.extranonce2_size, cfg.template_refresh,
@@ -175,10 +178,10 @@ class Pool:
         if self.keeper is not None:
             self.keeper.start()
             self._running.append(self.keeper.stop)
-        self._running.append(spawn_logged(self._log_stats, name="stats-log").kill)
-        self._running.append(watch_loop(self.metrics).kill)
+        self._running.append(self.loops.spawn("stats-log", self._log_stats).stop)
+        self._running.append(watch_loop(self.metrics, self.loops).stop)
         if self.snapshot_dir is not None:
-            self._running.append(spawn_logged(self._write_snapshots, name="snapshots").kill)
+            self._running.append(self.loops.spawn("snapshots", self._write_snapshots).stop)
         elif self.http_listener is not None:
             self._running.append(self.api_db.close)
             api = http.StatsApi(self.api_db, self.snapshots, admin=self.admin.request,
@@ -194,6 +197,8 @@ class Pool:
         return {"at": time.time(), "server_id": self.server_id, "processes": 1,
                 "connections": len(server.connections), "subscribed": len(server.subscribed),
                 "writer_queue": writer.pending, "journal_bytes": self.journal.bytes_on_disk,
+                "journal_failures": self.journal.failures, "rows_dropped": writer.rows_lost,
+                "loop_restarts": self.loops.restarts(), "loops_down": len(self.loops.down()),
                 "extranonce_reserve": self.allocator.reserve, "counters": self.metrics.counters(),
                 "workers": server.live_workers(), "recent_jobs": list(self.job_stream.recent),
                 "template_age": self.template_age(), "nodes": self.node_status(),
@@ -234,6 +239,11 @@ class Pool:
             reasons.append("no job yet")
         if not self.writer.healthy:
             reasons.append(f"database writes failing ({self.writer.last_error})")
+        if not self.journal.healthy:
+            reasons.append(f"spill journal cannot be written ({self.journal.last_error}); "
+                           f"{self.writer.pending} rows held in memory")
+        for loop in self.loops.down():
+            reasons.append(f"loop {loop.name} down ({loop.last_error}); restarting")
         return {"ready": not reasons, "not_ready": reasons}
 
     def snapshots(self) -> list[dict]:

@@ -60,6 +60,7 @@ class Config:
     writer_batch: int = 5000
     writer_interval: float = 0.05
     writer_queue: int = 200_000
+    writer_memory: int = 1_000_000    # rows held in memory while the spill journal cannot be written (disk full)
     log_level: str = "INFO"
     max_per_ip: int = 5000
     subscribe_timeout: float = 30.0
@@ -128,6 +129,7 @@ class Config:
         _check(self.extranonce_block >= 1, "extranonce_block", "must be >= 1")
         _check(self.writer_batch >= 1 and self.writer_queue >= self.writer_batch, "writer_queue",
                "must be >= writer_batch >= 1")
+        _check(self.writer_memory >= 1, "writer_memory", "must be >= 1 (a value below writer_queue means writer_queue)")
         _check(0 <= self.fake_txs <= 10_000, "fake_txs", "must be 0..10000")
         _check(_is_hex(self.nbits, 8), "nbits", "must be 8 hex digits")
         _check(self.clean_every >= 1, "clean_every", "must be >= 1")

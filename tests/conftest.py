@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Tests using any of these need a PostgreSQL or real server processes: they are `integration` tests, so the pure
 # suite runs alone in seconds with `scripts/test -m "not integration"` (no database at all).
-INTEGRATION_FIXTURES = {"database_url", "embedded_pg", "schema", "db", "start_server", "server", "fresh_db"}
+INTEGRATION_FIXTURES = {"database_url", "embedded_pg", "schema", "db", "start_server", "server", "fresh_db",
+                        "tiny_disk"}
 
 
 def pytest_collection_modifyitems(items):
@@ -213,3 +214,49 @@ def start_server(schema, tmp_path):
 @pytest.fixture
 def server(start_server):
     return start_server("--notify-interval", "30")
+
+
+class TinyDisk:
+    """A small tmpfs of our own: a real file system that runs out of space (ENOSPC) when `fill()` says so."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every free byte (writes elsewhere on this disk now fail with ENOSPC)."""
+        with open(self.filler, "ab", buffering=0) as handle:
+            block = b"\0" * 4096
+            try:
+                while True:
+                    handle.write(block)
+            except OSError:
+                pass
+            try:                       # the last partial page, if any
+                while handle.write(b"\0"):
+                    pass
+            except OSError:
+                pass
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """tiny_disk(size) -> TinyDisk mounted under tmp_path (skipped where mounting is not permitted)."""
+    mounts: list[Path] = []
+
+    def mount(size: str = "1m") -> TinyDisk:
+        path = tmp_path / f"tinydisk{len(mounts)}"
+        path.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
+        mounts.append(path)
+        return TinyDisk(path)
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

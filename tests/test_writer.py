@@ -7,7 +7,7 @@ import psycopg2
 
 from gstratum.storage.db import Database
 from gstratum.storage.journal import Journal, read_batches
-from gstratum.storage.records import Recorder
+from gstratum.storage.records import Recorder, text
 from gstratum.storage.writer import Writer
 
 from .conftest import query
@@ -65,6 +65,19 @@ def test_nul_in_client_text_is_stored_not_fatal(schema, tmp_path, db):
     recorder.authorized("00000000000000000000000000000004", tag + "\x00end", "127.0.0.1", True)
     assert writer._flush_queue() is True
     assert query(db, "SELECT worker FROM authorizations WHERE worker LIKE %s", tag + "%") == [(tag + "\ufffdend",)]
+
+
+def test_admin_params_and_targets_with_nul_and_lone_surrogates_are_stored_not_set_aside(schema, tmp_path, db):
+    """jsonb refuses the escapes \\u0000 and a lone \\ud800 that ujson writes for them: the recorder cleans the
+    document first."""
+    import ujson
+
+    writer, recorder = make(schema, tmp_path)
+    target = f"adm-{time.time_ns()}\ud800"
+    recorder.admin_action("message", target, ujson.dumps({"text": "a\x00b\ud800"}), "127.0.0.1")
+    assert writer._flush_queue() is True and writer.rows_rejected == 0
+    assert query(db, "SELECT params->>'text' FROM admin_actions WHERE target = %s",
+                 text(target)) == [("a\ufffdb\ufffd",)]
 
 
 def test_overflow_spills_to_journal_and_replays(schema, tmp_path, db):
@@ -125,12 +138,14 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=60)
-@given(names=st.lists(st.one_of(st.text(max_size=40), st.sampled_from(['"', "\\", "{}", "NULL", ",", " a ", "\\\"",
-                                                                      "'", "%s", "\u2603", ""])),
+@given(names=st.lists(st.one_of(st.text(st.characters(exclude_categories=()), max_size=40),   # lone surrogates too
+                                st.sampled_from(['"', "\\", "{}", "NULL", ",", " a ", "\\\"", "'", "%s", "\u2603", "",
+                                                 "\ud800", "x\udfffy"])),
                       min_size=1, max_size=8))
 def test_array_literals_round_trip_any_client_text(schema, tmp_path_factory, names):
     """The writer builds PostgreSQL array literals itself (records.column_arrays): whatever a miner calls itself
-    must come back byte for byte (NUL becomes U+FFFD, the one character text cannot hold)."""
+    must come back byte for byte (NUL and lone surrogates become U+FFFD: text cannot hold them), and none is set
+    aside."""
     writer, recorder = make(schema, tmp_path_factory.mktemp("arrays"))
     conn_id = f"{time.time_ns():032x}"
     for name in names:
@@ -140,5 +155,5 @@ def test_array_literals_round_trip_any_client_text(schema, tmp_path_factory, nam
     with psycopg2.connect(schema) as conn:
         stored = query(conn, "SELECT worker, job_id FROM shares WHERE connection_id = %s", conn_id)
     conn.close()
-    expected = sorted((n.replace("\x00", "\ufffd"),) * 2 for n in names)
-    assert sorted(stored) == expected
+    expected = sorted((text(n),) * 2 for n in names)
+    assert sorted(stored) == expected and writer.rows_rejected == 0

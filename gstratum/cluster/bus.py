@@ -30,7 +30,7 @@ import ujson
 from gevent.socket import wait_read
 
 from gstratum.errors import first_line
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def leader_lock_key(cluster: str) -> int:
 class Bus:
     """Publish/subscribe between the processes of one pool, plus leader election (the LISTEN connection)."""
 
-    def __init__(self, listen_url: str, db, cluster: str, server_id: str, poll: float = 1.0) -> None:
+    def __init__(self, listen_url: str, db, cluster: str, server_id: str, poll: float = 1.0,
+                 loops: Loops | None = None) -> None:
         if not CLUSTER_NAME.match(cluster):
             raise ValueError(f"cluster name {cluster!r} must be lowercase letters, digits and _ (1-40)")
         self.listen_url = listen_url
@@ -56,6 +57,7 @@ class Bus:
         self.cluster = cluster
         self.server_id = server_id
         self.poll = poll
+        self.loops = loops if loops is not None else Loops()
         self.lock_key = leader_lock_key(cluster)
         self.is_leader = False
         self.connected = False
@@ -63,7 +65,7 @@ class Bus:
         self.publish_failures = 0
         self._handlers: dict[str, Handler] = {}
         self._conn = None
-        self._greenlet = None
+        self._loop = None
         # "the leader left": any notification wakes the loop, whose next step tries the lock at once, so a
         # stopping leader is replaced within a round trip instead of at the next poll
         self._handlers[self.channel(LEADER_CHANNEL)] = lambda message: None
@@ -78,7 +80,7 @@ class Bus:
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Register the handler of one channel (before start). Messages from this very process are delivered too;
         a handler that must ignore its own echo compares `message["from"]` with `server_id`."""
-        if self._greenlet is not None:
+        if self._loop is not None:
             raise RuntimeError("subscribe before start()")
         self._handlers[self.channel(channel)] = handler
 
@@ -165,10 +167,11 @@ class Bus:
             self._try_lead()
         except psycopg2.Error as exc:
             self._lost(exc)
-        self._greenlet = spawn_logged(self._run, name="cluster-listen")
+        self._loop = self.loops.spawn("cluster-listen", self._run)
 
     def stop(self) -> None:
-        stop_greenlet(self._greenlet)
+        if self._loop is not None:
+            self._loop.stop()
         was_leader = self.is_leader
         if self._conn is not None:
             self._conn.close()   # releases the advisory lock at once

@@ -24,7 +24,7 @@ import gevent.event
 import psycopg2
 
 from gstratum.errors import first_line
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops
 from gstratum.mining.jobs import JOB_FIELDS, Job, JobBook, JobSource, job_from_dict
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ JOBS_CHANNEL = "jobs"
 
 class JobStream:
     def __init__(self, source: JobSource, book: JobBook, broadcast, recorder, metrics, interval: float,
-                 clean_every: int, db=None, bus=None, silence: float = 2.5) -> None:
+                 clean_every: int, db=None, bus=None, silence: float = 2.5, loops: Loops | None = None) -> None:
         self.source = source
         self.book = book
         self.broadcast = broadcast          # job -> (miners reached, seconds)
@@ -45,11 +45,12 @@ class JobStream:
         self.db = db
         self.bus = bus                      # None: this process's jobs are its own (nothing shared)
         self.silence = silence
+        self.loops = loops if loops is not None else Loops()
         self.since_clean = 0                # jobs after the newest clean one
         self.last_job_at = float("-inf")    # monotonic time the newest job was made (ours or heard)
         self._seen: deque[str] = deque(maxlen=256)
         self.recent: deque[dict] = deque(maxlen=10)    # the fan-out record of the newest jobs, newest last
-        self._greenlet = None
+        self._loop = None
         self._wake = gevent.event.Event()
         if bus is not None:
             bus.subscribe(JOBS_CHANNEL, self._heard)
@@ -169,7 +170,8 @@ class JobStream:
         """First job at once: the pool's current one (a successor, a new process), else a new one if we lead."""
         if not self._carry_on() and self.leading:
             self._publish(self.make_job())
-        self._greenlet = spawn_logged(self._run, name="job-stream")
+        self._loop = self.loops.spawn("job-stream", self._run)
 
     def stop(self) -> None:
-        stop_greenlet(self._greenlet)
+        if self._loop is not None:
+            self._loop.stop()

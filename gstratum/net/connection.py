@@ -2,8 +2,13 @@
 
 Sending never blocks the caller: a non-blocking `send` is tried first (the kernel takes a whole Stratum line at once
 for nearly every miner); only bytes the kernel refused wait in the outbox for a writer greenlet, which gives up after
-`send_timeout` seconds or `max_pending` bytes and drops the miner as slow. Because the fast path never yields, the
-job broadcaster and the connection's own replies cannot interleave inside a line, and no lock is needed.
+`send_timeout` seconds without progress or past `max_pending` unsent bytes and drops the miner as slow.
+
+The invariant: bytes leave in the order they were sent, each message whole. The fast path never yields, so two
+senders cannot interleave inside it; and it is taken only while nothing is queued. Queued bytes stay in `pending`
+until the kernel has taken them (the writer removes only what each `send` accepted), so while the writer waits for
+room every new line sees a non-empty queue and goes behind the unsent tail, never into the socket ahead of it.
+No lock is needed.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ class Outbox:
         # without the wrapper's timeout bookkeeping; measured ~20 % cheaper per miner in a broadcast. A TLS socket
         # has no such fast path (`direct` False): everything goes through the writer greenlet.
         self.raw = getattr(sock, "_sock", sock) if direct else None
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[bytes | memoryview] = deque()   # bytes the kernel has not taken yet, in order
         self.pending_bytes = 0
         self.max_pending = max_pending
         self.send_timeout = send_timeout
@@ -73,13 +78,26 @@ class Outbox:
             self.flusher = spawn_logged(self._flush, group=self.group, name="outbox-flush")
 
     def _flush(self) -> None:
+        """Send the queue's head until the queue is empty. The head leaves `pending` only once the kernel took all
+        of it (a partial send leaves its unsent tail at the head), so `send` keeps queueing behind it meanwhile and
+        `pending_bytes` is always exactly what the miner has not been given yet."""
+        pending = self.pending
         try:
-            while self.pending and not self.closed:
-                chunk = b"".join(self.pending)
-                self.pending.clear()
-                self.pending_bytes = 0
+            while pending and not self.closed:
+                if len(pending) > 1:            # one send for everything queued so far
+                    joined = b"".join(pending)
+                    pending.clear()
+                    pending.append(joined)
+                chunk = pending[0]
                 with gevent.Timeout(self.send_timeout):
-                    self.sock.sendall(chunk)
+                    sent = self.sock.send(chunk)   # waits (yields) until the kernel takes some of it
+                if self.closed:
+                    break
+                self.pending_bytes -= sent
+                if sent >= len(chunk):
+                    pending.popleft()
+                elif sent:
+                    pending[0] = memoryview(chunk)[sent:]
         except gevent.Timeout:
             self.on_fail(f"slow reader: no progress sending for {self.send_timeout:.0f}s")
         except OSError as exc:

@@ -18,7 +18,7 @@ from gevent.server import StreamServer
 from gstratum.config import Config
 from gstratum.net.connection import SHUTDOWN, Connection
 from gstratum.net.tls import TlsContext
-from gstratum.greenlets import LoggedPool, spawn_logged, stop_greenlet
+from gstratum.greenlets import LoggedPool, Loops, spawn_logged
 from gstratum.protocol.limits import CostPolicy
 from gstratum.mining.vardiff import VardiffPolicy
 from gstratum.mining.jobs import Job
@@ -66,8 +66,10 @@ class StratumServer:
     admin actions."""
 
     def __init__(self, config: Config, ports: list[Port], recorder, metrics, vardiff: VardiffPolicy,
-                 subscriptions, ledger, on_block: Callable, resumption=None, clock=time.time) -> None:
+                 subscriptions, ledger, on_block: Callable, resumption=None, clock=time.time,
+                 loops: Loops | None = None) -> None:
         self.config = config
+        self.loops = loops if loops is not None else Loops()
         self.vardiff = vardiff
         self.clock = clock
         self.ports = ports
@@ -104,7 +106,7 @@ class StratumServer:
             server.start()
             self._servers.append(server)
             log.info("stratum%s listening on %s:%d", "+ssl" if port.tls else "", *port.sock.getsockname()[:2])
-        self._sweeper = spawn_logged(self._sweep_forever, name="sweeper")
+        self._sweeper = self.loops.spawn("sweeper", self._sweep_forever)
 
     def dropped(self, reason: str) -> None:
         self.metrics.drop(reason)
@@ -349,7 +351,8 @@ class StratumServer:
         """Stop accepting, then close every miner (each close is recorded)."""
         for server in self._servers:
             server.close()
-        stop_greenlet(self._sweeper)
+        if self._sweeper is not None:
+            self._sweeper.stop()
         for conn in list(self.connections):
             conn.abort(SHUTDOWN)
         self.handlers.join(timeout=timeout)

@@ -23,7 +23,7 @@ import gevent.event
 import ujson
 
 from gstratum.config import env_name, secret_environment
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops, spawn_logged, stop_greenlet
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ def supervise(count: int, database_url: str, argv: list[str], cfg) -> int:
     gevent.signal_handler(signal.SIGINT, stopped.set)
     gevent.signal_handler(signal.SIGHUP, lambda: spawn_logged(supervisor.rolling_restart, name="rolling-restart"))
     supervisor.start()
-    watcher = spawn_logged(supervisor.watch, name="worker-watch")
+    watcher = Loops().spawn("worker-watch", supervisor.watch)   # restarted if it raises
     stopped.wait()
     log.info("stopping %d workers", len(supervisor.workers))
-    stop_greenlet(watcher)
+    watcher.stop()
     supervisor.stop()
     return 0

@@ -184,6 +184,23 @@ class PoolCollector:
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], total(key))
             yield gauge
+        for key, name, doc in (("journal_failures", "gstratum_journal_write_failures_total",
+                                "Spill journal writes that failed (disk full, I/O error); the rows stay in memory."),
+                               ("rows_dropped", "gstratum_rows_dropped_total",
+                                "Rows lost: past the writer's memory bound while the journal could not be written, "
+                                "or not encodable at all.")):
+            counter = CounterMetricFamily(name[:-6], doc)
+            counter.add_metric([], sum(s.get(key, 0) for s in snaps))
+            yield counter
+        restarts = CounterMetricFamily("gstratum_loop_restarts", "Restarts of a background loop after it raised.",
+                                       labels=["loop"])
+        for loop in sorted({name for s in snaps for name in s.get("loop_restarts", {})}):
+            restarts.add_metric([loop], sum(s.get("loop_restarts", {}).get(loop, 0) for s in snaps))
+        yield restarts
+        down = GaugeMetricFamily("gstratum_loops_down", "Background loops crashed and waiting for their restart "
+                                 "(the process is not ready meanwhile).")
+        down.add_metric([], sum(s.get("loops_down", 0) for s in snaps))
+        yield down
         info = GaugeMetricFamily("gstratum_build_info", "The running release (always 1).", labels=["version"])
         info.add_metric([__version__], 1)
         yield info

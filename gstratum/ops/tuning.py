@@ -43,12 +43,11 @@ def watch_gc(metrics) -> None:
 LOOP_TICK = 0.005
 
 
-def watch_loop(metrics, tick: float = LOOP_TICK):
-    """A greenlet that wakes every `tick` seconds and records how late it woke (`metrics.loop_lag`): the event
-    loop's stalls as miners feel them (a template being built, a GC pause, a long fan-out chunk)."""
+def watch_loop(metrics, loops, tick: float = LOOP_TICK):
+    """A loop (run by `loops`, a gstratum.greenlets.Loops) that wakes every `tick` seconds and records how late it
+    woke (`metrics.loop_lag`): the event loop's stalls as miners feel them (a template being built, a GC pause, a
+    long fan-out chunk)."""
     import gevent
-
-    from gstratum.greenlets import spawn_logged
 
     def run() -> None:
         while True:
@@ -56,4 +55,4 @@ def watch_loop(metrics, tick: float = LOOP_TICK):
             gevent.sleep(tick)
             metrics.loop_lag.observe(max(0.0, time.perf_counter() - expected))
 
-    return spawn_logged(run, name="loop-lag")
+    return loops.spawn("loop-lag", run)

@@ -19,7 +19,7 @@ import psycopg2
 
 from gstratum.storage.db import Database
 from gstratum.protocol.rpc import OTHER, StratumError
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops
 from gstratum.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,14 @@ class MemoryAllocator:
 
 
 class SequenceAllocator:
-    def __init__(self, db: Database, block: int = 1000, wait: float = 5.0) -> None:
+    def __init__(self, db: Database, block: int = 1000, wait: float = 5.0, loops: Loops | None = None) -> None:
         self.db = db
+        self.loops = loops if loops is not None else Loops()
         self.block = block
         self.wait = wait
         self._reserve: deque[int] = deque()
         self._refill_needed = gevent.event.Event()
-        self._greenlet: gevent.Greenlet | None = None
+        self._loop = None
 
     @property
     def reserve(self) -> int:
@@ -66,12 +67,12 @@ class SequenceAllocator:
         """Reserve one block synchronously (start-up)."""
         self._reserve.extend(self._fetch_block())
 
-    def start(self) -> gevent.Greenlet:
-        self._greenlet = spawn_logged(self._refill_loop, name="extranonce-refill")
-        return self._greenlet
+    def start(self) -> None:
+        self._loop = self.loops.spawn("extranonce-refill", self._refill_loop)
 
     def stop(self) -> None:
-        stop_greenlet(self._greenlet)
+        if self._loop is not None:
+            self._loop.stop()
 
     def _refill_loop(self) -> None:
         backoff = 0.1

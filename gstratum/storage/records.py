@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -108,11 +109,48 @@ Sink = Callable[[str, tuple], None]
 _INFINITY = float("inf")
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def text(value: str | None) -> str | None:
-    """Client-supplied text as PostgreSQL can store it: NUL is the one character `text` cannot hold."""
-    if value is not None and "\x00" in value:
-        return value.replace("\x00", "\ufffd")
+    """Client-supplied text as PostgreSQL (and the journal's UTF-8) can store it: NUL, which `text` cannot hold, and
+    lone surrogates (a JSON `"\\ud800"` decodes to one; it has no UTF-8 form, so psycopg2 and ujson refuse it) become
+    U+FFFD. JSON decoding pairs valid surrogates into one character, so any left are lone. ASCII (nearly every
+    worker name) costs two scans in C."""
+    if value is None:
+        return None
+    if value.isascii():
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+def json_text(value: str | None) -> str | None:
+    """JSON text (admin parameters) as a `jsonb` column takes it: PostgreSQL refuses the escapes `\\u0000` and
+    lone `\\udXXX` as well as the raw characters, so the document is decoded, its strings (keys too) cleaned
+    with `text`, and encoded again. Text that is not JSON is stored as a JSON string."""
+    if value is None:
+        return None
+    try:
+        decoded = ujson.loads(value)
+    except ValueError:
+        decoded = value
+    return ujson.dumps(_clean(decoded), ensure_ascii=False, escape_forward_slashes=False)
+
+
+def _clean(value):
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
     return value
+
+
+def storable(row: tuple) -> tuple:
+    """A row with every text in it (nested lists too) cleaned by `text`: the journal's fallback for a row that
+    did not encode as it was."""
+    return tuple(_clean(v) if isinstance(v, (str, list, tuple, dict)) else v for v in row)
 
 
 def user_of(worker: str) -> str:
@@ -156,7 +194,7 @@ class Recorder:
                           live_shares: dict | None = None) -> None:
         """`live_shares`: the session's credited shares of live work (ShareLedger.accepted_of), for a process
         that resumes the session next (gstratum.storage.resumption); None when there are none."""
-        self._sink("disconnections", (connection_id, self.clock(), reason, requests,
+        self._sink("disconnections", (connection_id, self.clock(), text(reason), requests,
                                       ujson.dumps(live_shares) if live_shares else None))
 
     def put(self, table: str, row: tuple) -> None:
@@ -216,4 +254,5 @@ class Recorder:
 
     def admin_action(self, action: str, target: str | None, params: str, source: str) -> None:
         """`params` is the action's JSON text."""
-        self._sink("admin_actions", (self.new_id(), action, text(target), text(params), source, self.clock()))
+        self._sink("admin_actions", (self.new_id(), text(action), text(target), json_text(params), text(source),
+                                     self.clock()))

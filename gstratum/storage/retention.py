@@ -12,7 +12,7 @@ import re
 
 import gevent
 import psycopg2
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops
 from gstratum.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,13 @@ def plan(existing: list[str], today: dt.date, days: int) -> tuple[list[dt.date],
 
 
 class Retention:
-    def __init__(self, db, days: int, leadership=None, every: float = 3600.0) -> None:
+    def __init__(self, db, days: int, leadership=None, every: float = 3600.0, loops: Loops | None = None) -> None:
         self.db = db
+        self.loops = loops if loops is not None else Loops()
         self.days = days
         self.leadership = leadership    # anything with .is_leader (the cluster bus); None: always act
         self.every = every
-        self._greenlet = None
+        self._loop = None
         self._warned = False
 
     def run_once(self, today: dt.date | None = None) -> tuple[list[str], list[str]]:
@@ -115,7 +116,8 @@ class Retention:
             gevent.sleep(self.every)
 
     def start(self) -> None:
-        self._greenlet = spawn_logged(self._run, name="retention")
+        self._loop = self.loops.spawn("retention", self._run)
 
     def stop(self) -> None:
-        stop_greenlet(self._greenlet)
+        if self._loop is not None:
+            self._loop.stop()

@@ -5,7 +5,9 @@
 transaction. On a database error the rows stay queued and the write is retried with backoff; rows carry their own
 ids, so a batch that did reach the database before the error is not duplicated (ON CONFLICT DO NOTHING). Past
 `max_queue` rows, new rows spill to the journal on disk (fsync'd in groups each loop), replayed when the database is
-back.
+back. While the journal cannot be written either (disk full), rows stay in memory up to `max_memory` rows and go to
+the journal as soon as it takes writes again; past that bound a row is dropped, counted and logged (a bounded,
+reported loss rather than the process killed for memory, which would lose every row it holds).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import gevent.event
 import psycopg2
 
 from gstratum.storage.db import Database
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops
 from gstratum.storage.journal import Journal, read_batches
 from gstratum.protocol.rpc import StratumCode
 from gstratum.storage.records import TABLES, Table
@@ -28,6 +30,7 @@ from gstratum.errors import first_line
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+DROP_LOG_EVERY = 10.0   # seconds between two "rows dropped" error lines
 # Errors caused by what a row holds (bad value, constraint): that row is set aside. Every other database error
 # (down, permissions, schema, a bug) leaves the whole batch queued for a retry: never divert good rows.
 ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError, TypeError)
@@ -52,17 +55,20 @@ SHARES_WITH_ROLLUP = (
 
 class Writer:
     def __init__(self, db: Database, batch: int = 5000, interval: float = 0.05, max_queue: int = 200_000,
-                 journal: Journal | None = None, tables: dict[str, Table] = TABLES, on_write=None) -> None:
+                 journal: Journal | None = None, tables: dict[str, Table] = TABLES, on_write=None,
+                 max_memory: int = 1_000_000, loops: Loops | None = None) -> None:
         self.db = db
         self.batch = batch
         self.interval = interval
         self.max_queue = max_queue
+        self.max_memory = max(max_memory, max_queue)   # rows in memory while the journal cannot take them
         self.journal = journal
+        self.loops = loops if loops is not None else Loops()
         self.tables = tables
         self._queue: deque[tuple[str, tuple]] = deque()
         self._wake = gevent.event.Event()
         self._stopping = False
-        self._greenlet: gevent.Greenlet | None = None
+        self._loop = None
         self._backoff = 0.0
         self._next_attempt = 0.0
         self.rows_written = 0
@@ -81,36 +87,68 @@ class Writer:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def rows_lost(self) -> int:
+        """Rows that will never reach the database: dropped past the memory bound, or not encodable at all."""
+        return self.rows_dropped + (self.journal.rows_unencodable if self.journal is not None else 0)
+
     def put(self, table: str, row: tuple) -> None:
-        """Queue one row; never blocks. Past max_queue it goes to the journal (or, without one, is dropped)."""
-        if len(self._queue) >= self.max_queue:
-            if self.journal is not None:
-                self.journal.append(table, row)
-            else:
+        """Queue one row; never blocks, never raises. Past max_queue it goes to the journal; while the journal
+        fails, it stays in memory up to max_memory rows; past that (or past max_queue without a journal) it is
+        dropped and counted."""
+        queue = self._queue
+        if len(queue) >= self.max_queue:
+            journal = self.journal
+            if journal is not None and journal.healthy:
+                journal.append(table, row)
+                return
+            if journal is None or len(queue) >= self.max_memory:
                 self.rows_dropped += 1
-            return
-        self._queue.append((table, row))
-        if len(self._queue) >= self.batch:
+                return
+        queue.append((table, row))
+        if len(queue) >= self.batch:
             self._wake.set()
 
-    def start(self) -> gevent.Greenlet:
-        self._greenlet = spawn_logged(self._run, name="writer")
-        return self._greenlet
+    def start(self):
+        self._loop = self.loops.spawn("writer", self._run)
+        return self._loop
 
     def _run(self) -> None:
-        reported_drops = 0
+        reported_drops, reported_at = self.rows_dropped, 0.0
         while not self._stopping:
             self._wake.wait(timeout=self.interval)
             self._wake.clear()
-            if self.journal is not None:
-                self.journal.sync()
-            if self.rows_dropped != reported_drops:
-                log.error("writer queue full and no journal: %d rows dropped so far", self.rows_dropped)
-                reported_drops = self.rows_dropped
+            self._keep_journal()
+            if self.rows_dropped != reported_drops and time.monotonic() - reported_at > DROP_LOG_EVERY:
+                if self.journal is None:
+                    why = "writer queue full and no journal"
+                else:
+                    why = f"{len(self._queue)} rows in memory and the journal cannot be written " \
+                          f"({self.journal.last_error})"
+                log.error("%d rows dropped so far: %s", self.rows_dropped, why)
+                reported_drops, reported_at = self.rows_dropped, time.monotonic()
             if time.monotonic() < self._next_attempt:
                 continue
             if self._flush_queue() and self._replay_due():
                 self._replay()
+
+    def _keep_journal(self) -> None:
+        """Write the rows spilled since the last tick. Rows past max_queue belong on disk: they stay in memory
+        only while the journal cannot take them, and go back to it (a batch per tick, so encoding them never
+        stalls the loop) once a write may be tried again, which is also how a freed disk is found."""
+        journal = self.journal
+        if journal is None:
+            return
+        queue = self._queue
+        if len(queue) > self.max_queue and journal.retry_due():
+            for _ in range(min(len(queue) - self.max_queue, self.batch)):
+                journal.append(*queue.pop())
+        if journal.sync() or not journal.buffered:
+            return
+        rows = journal.take_buffer()     # the disk refused them: keep them in memory meanwhile
+        room = max(self.max_memory - len(queue), 0)
+        queue.extend(rows[:room])
+        self.rows_dropped += max(len(rows) - room, 0)
 
     def _failed(self, exc: psycopg2.Error, rows: int) -> None:
         self.failures += 1
@@ -162,21 +200,29 @@ class Writer:
         """Move spilled rows back: rotate the live journal, then replay every pending file and delete it."""
         journal = self.journal
         spilled = journal.rows_spilled
-        if journal.bytes_on_disk or journal.buffered:
-            journal.rotate()
-            journal.bytes_on_disk = 0
-        for path in journal.pending_files():
+        try:
+            if journal.bytes_on_disk or journal.buffered:
+                journal.rotate()
+                journal.bytes_on_disk = 0
+            pending = journal.pending_files()
+        except OSError as exc:
+            log.warning("journal rotation failed (%s); replay postponed", first_line(exc))
+            return
+        for path in pending:
             replayed = 0
             try:
                 for batch in read_batches(path, self.batch):
                     self._write(batch)
                     replayed += len(batch)
+                path.unlink(missing_ok=True)
             except psycopg2.Error as exc:
                 self._failed(exc, replayed)
                 return
             except FileNotFoundError:
                 continue  # another process replayed it first
-            path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("journal %s cannot be read (%s); left for the next replay", path.name, first_line(exc))
+                continue
             self.rows_replayed += replayed
             self.rows_written += replayed
             log.info("replayed %d rows from journal %s", replayed, path.name)
@@ -198,10 +244,12 @@ class Writer:
 
     def _set_aside(self, item: tuple[str, tuple], exc: Exception) -> None:
         self.rows_rejected += 1
-        log.error("database refused a %s row (%s); kept in %s", item[0], first_line(exc)[:200],
-                  self.journal.rejected_path if self.journal is not None else "the log only")
-        if self.journal is not None:
-            self.journal.set_aside(*item)
+        if self.journal is not None and self.journal.set_aside(*item):
+            log.error("database refused a %s row (%s); kept in %s", item[0], first_line(exc)[:200],
+                      self.journal.rejected_path)
+        else:
+            log.error("database refused a %s row (%s); not kept elsewhere: %.500r", item[0], first_line(exc)[:200],
+                      item[1])
 
     def _insert(self, batch: list[tuple[str, tuple]]) -> None:
         """The whole batch in one round trip: one statement per table, sent as a single query string, which
@@ -230,9 +278,10 @@ class Writer:
         goes to the journal, so it is replayed at the next start. True when everything reached the database."""
         self._stopping = True
         self._wake.set()
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=timeout)
-            stop_greenlet(self._greenlet)  # a write cut short is re-sent below; row ids make that idempotent
+        if self._loop is not None:
+            if not self._loop.down:       # a crashed loop waiting for its restart has nothing to finish
+                self._loop.join(timeout=timeout)
+            self._loop.stop()  # a write cut short is re-sent below; row ids make that idempotent
         deadline = time.monotonic() + timeout
         while self._queue and time.monotonic() < deadline:
             if not self._flush_queue(everything=True):
@@ -246,8 +295,11 @@ class Writer:
             log.warning("database unreachable at shutdown: rows kept in journal %s for the next start",
                         self.journal.path.name)
         if self.journal is not None:
-            self.journal.close()
-            written = written and not self.journal.path.exists() and not self.journal.pending_files(own_only=True)
+            kept = self.journal.close()
+            written = (written and kept and not self.journal.path.exists()
+                       and not self.journal.pending_files(own_only=True))
         if self._queue:
             log.error("writer stopped with %d rows not written (%s)", len(self._queue), self.last_error)
-        return written
+        if self.rows_lost:
+            log.error("%d rows were lost while this process ran (see above)", self.rows_lost)
+        return written and not self.rows_lost
