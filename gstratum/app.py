@@ -102,7 +102,7 @@ class Pool:
                     min_output=cfg.pplns_min_output, max_outputs=cfg.pplns_max_outputs))
             self.block_ledger = BlockLedger(self.db, hooks=[self.pplns.on_block_status] if self.pplns else [])
             self.keeper = BlockKeeper(self.block_ledger, self.nodes, leadership=self.bus, cluster=cfg.cluster,
-                                      every=cfg.block_keeper_interval)
+                                      every=cfg.block_keeper_interval, loops=self.loops)
         vardiff = VardiffPolicy(enabled=bool(cfg.vardiff), target_interval=cfg.target_share_interval,
                                 retarget_after=cfg.retarget_after, min_difficulty=cfg.min_difficulty,
                                 max_difficulty=cfg.max_difficulty)
@@ -130,11 +130,11 @@ class Pool:
                                       cfg.coinbase_tag.encode(), 8 + cfg.extranonce2_size, cfg.template_refresh,
                                       cfg.block_poll, cfg.zmq_hashblock, bus=self.bus, solo=bool(cfg.solo),
                                       solo_fee=cfg.solo_fee, max_template_age=cfg.max_template_age,
-                                      payouts=self.pplns)
+                                      payouts=self.pplns, loops=self.loops)
             self.submitter = BlockSubmitter(self.nodes, self.node_work, self.block_ledger,
                                             BlockFiles(cfg.journal_dir / "blocks"), self.metrics,
                                             self.recorder.new_id, cfg.cluster, leadership=self.bus,
-                                            record_first=self.pplns is not None)
+                                            record_first=self.pplns is not None, loops=self.loops)
         self.admin = AdminActions(self.server, self.bus, self.recorder)
         self.http_listener = http_listener
         self.http = None

@@ -27,7 +27,7 @@ import gevent.pool
 import psycopg2
 
 from gstratum.errors import first_line
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops, spawn_logged
 from gstratum.mining.blockstatus import (
     CONFIRMATIONS, SETTLED, Answer, BlockStatus, BlockRecord, NodeView, Place, Placement, combine, judge_answer,
     judge_rpc_error, keeper_outcome, pending_outcome, place)
@@ -47,22 +47,6 @@ SCAN_EVERY = 10.0                  # seconds between looks for blocks left by st
 ADOPT_AFTER = 120.0                # a pending row nobody touched this long: its process is gone (owners touch it
                                    # at every attempt, at least every RETRY_MAX seconds)
 STOP_WAIT = 5.0                    # seconds a stop waits for first submissions in flight
-
-
-def supervise(name: str, loop) -> None:
-    """Run `loop` for ever, restarting it with backoff (1 s .. 30 s) when it raises: a bug in one round must not end
-    the resubmission of blocks. (A local helper until the common supervisor in gstratum/greenlets.py takes over.)"""
-    delay = 1.0
-    while True:
-        started = time.monotonic()
-        try:
-            loop()
-        except Exception:
-            log.exception("%s crashed; restarting in %.0f s", name, delay)
-        if time.monotonic() - started > 60:
-            delay = 1.0
-        gevent.sleep(delay)
-        delay = min(delay * 2, 30.0)
 
 
 # -- where the nodes' chains have a block ----------------------------------------------------------------------
@@ -160,8 +144,9 @@ class Tracked:
 
 class BlockSubmitter:
     def __init__(self, nodes: Nodes, work, ledger: BlockLedger, files: BlockFiles, metrics, new_id, cluster: str,
-                 leadership=None, record_first: bool = False) -> None:
+                 leadership=None, record_first: bool = False, loops: Loops | None = None) -> None:
         self.nodes = nodes
+        self.loops = loops or Loops()
         # PPLNS: the row (with the split its coinbase pays) is in the database before the first submitblock, so any
         # process that sees the node's new tip knows it is ours and waits for its balance changes (storage/pplns.py)
         self.record_first = record_first
@@ -175,7 +160,7 @@ class BlockSubmitter:
         self._blocks: dict[str, Tracked] = {}
         self._group = gevent.pool.Group()     # first submissions in flight: a stop waits for them
         self._wake = gevent.event.Event()
-        self._greenlet: gevent.Greenlet | None = None
+        self._loop = None
         self._seen_recoveries = 0
         self._seen_tip: str | None = None
         self._next_scan = 0.0
@@ -359,12 +344,13 @@ class BlockSubmitter:
                 self._blocks[block.block_hash] = Tracked(block, None, "database", recorded=BlockStatus.PENDING)
 
     def start(self) -> None:
-        self._greenlet = spawn_logged(supervise, "block submitter", self._run, name="block-submitter")
+        self._loop = self.loops.spawn("block-submitter", self._run)
 
     def stop(self, timeout: float = STOP_WAIT) -> None:
         """Wait (bounded) for first submissions in flight; whatever is not settled stays in its file for the next
         start."""
-        stop_greenlet(self._greenlet)
+        if self._loop is not None:
+            self._loop.stop()
         if not self._group.join(timeout=timeout):
             log.error("block submissions still running after %.0f s at stop; their files are kept", timeout)
             self._group.kill(timeout=1)
@@ -386,13 +372,15 @@ class BlockKeeper:
     `submitted` / `confirmed` when the chain reorganises back. A node that is behind, or never saw the block's
     parent, says nothing; nodes that disagree change nothing. Run by the cluster leader every `every` seconds."""
 
-    def __init__(self, ledger: BlockLedger, nodes: Nodes, leadership, cluster: str, every: float = 60.0) -> None:
+    def __init__(self, ledger: BlockLedger, nodes: Nodes, leadership, cluster: str, every: float = 60.0,
+                 loops: Loops | None = None) -> None:
         self.ledger = ledger
+        self.loops = loops or Loops()
         self.nodes = nodes
         self.leadership = leadership
         self.cluster = cluster
         self.every = every
-        self._greenlet = None
+        self._loop = None
 
     def _tip_height(self) -> int | None:
         heights = []
@@ -439,7 +427,8 @@ class BlockKeeper:
                 self.run_once()
 
     def start(self) -> None:
-        self._greenlet = spawn_logged(supervise, "block keeper", self._run, name="block-keeper")
+        self._loop = self.loops.spawn("block-keeper", self._run)
 
     def stop(self) -> None:
-        stop_greenlet(self._greenlet)
+        if self._loop is not None:
+            self._loop.stop()

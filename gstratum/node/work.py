@@ -25,7 +25,7 @@ import gevent.event
 import gevent.lock
 
 from gstratum.errors import first_line
-from gstratum.greenlets import spawn_logged, stop_greenlet
+from gstratum.greenlets import Loops
 from gstratum.mining.address import describe_script, normalize_address, script_for_address
 from gstratum.mining.jobs import Job
 from gstratum.mining.template import BlockTemplate, TemplateError, split_reward
@@ -48,8 +48,10 @@ class NodeWork:
 
     def __init__(self, nodes: Nodes, job_stream, metrics, payout_address: str | None, tag: bytes,
                  extranonce_size: int, template_refresh: float, block_poll: float, zmq_endpoints=(), bus=None,
-                 solo: bool = False, solo_fee: float = 0.0, max_template_age: float = 120.0, payouts=None) -> None:
+                 solo: bool = False, solo_fee: float = 0.0, max_template_age: float = 120.0, payouts=None,
+                 loops: Loops | None = None) -> None:
         self.nodes = nodes
+        self.loops = loops or Loops()
         self.payouts = payouts                  # gstratum.storage.pplns.PplnsLedger: PPLNS, None otherwise
         self._scripts: dict[str, bytes] = {}    # PPLNS payee address -> its script (decoded once)
         self.job_stream = job_stream
@@ -73,7 +75,7 @@ class NodeWork:
         self._counter = itertools.count(1)
         self._wake = gevent.event.Event()
         self._refreshing = gevent.lock.Semaphore()
-        self._greenlets: list = []
+        self._loops: list = []
         self.tip_learnt_at: float | None = None  # perf_counter when the last new block was heard (for latency)
         self._reason = "start"                   # what woke the refresher last (logged with the clean job)
         if bus is not None:
@@ -264,13 +266,12 @@ class NodeWork:
         except (NodeUnavailable, NodeError) as exc:
             log.error("bitcoind not reachable at start (%s); waiting for it, no work meanwhile", first_line(exc))
         self.refresh("start")
-        self._greenlets = [spawn_logged(self._refresher, name="node-refresh"),
-                           spawn_logged(self._poll, name="node-poll")]
-        self._greenlets += [spawn_logged(self._zmq, e, name=f"zmq-{e}") for e in self.zmq_endpoints]
+        self._loops = [self.loops.spawn("node-refresh", self._refresher), self.loops.spawn("node-poll", self._poll)]
+        self._loops += [self.loops.spawn(f"zmq-{e}", self._zmq, e) for e in self.zmq_endpoints]
 
     def stop(self) -> None:
-        for greenlet in self._greenlets:
-            stop_greenlet(greenlet)
+        for loop in self._loops:
+            loop.stop()
         self.nodes.stop_probes()
 
 
