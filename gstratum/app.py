@@ -81,7 +81,8 @@ class Pool:
         self.journal = Journal(cfg.journal_dir, self.server_id)
         self.writer = Writer(self.db, batch=cfg.writer_batch, interval=cfg.writer_interval, max_queue=cfg.writer_queue,
                              journal=self.journal, on_write=self.metrics.db_write.observe,
-                             max_memory=cfg.writer_memory, loops=self.loops)
+                             max_memory=cfg.writer_memory, loops=self.loops,
+                             pplns_cluster=cfg.cluster if cfg.pplns else None)
         self.recorder = Recorder(self.writer.put, self.server_id, cfg.cluster)
         self.allocator = SequenceAllocator(self.db, block=cfg.extranonce_block, wait=cfg.subscribe_wait,
                                            loops=self.loops)

@@ -22,12 +22,9 @@ pytestmark = pytest.mark.integration
 DIFFICULTY = "0.0001"
 
 
-_WORK: dict[int, JobWork] = {}
-
-
 def find_share(client: StratumClient) -> FoundShare:
-    """A share on the client's current job; each call finds a new one (one extranonce2 counter per client)."""
-    work = _WORK.setdefault(id(client), JobWork(client))
+    """A share on the client's current job; each call finds a new one (the client counts its extranonce2)."""
+    work = JobWork(client)
     while not work.refresh() or client.state.difficulty is None:
         client.read_message(5.0)
     share = None

@@ -121,6 +121,11 @@ class StratumClient:
         self._ids = itertools.count(1)
         self.state = ClientState()
         self.subscription: Subscription | None = None
+        # extranonce2 values handed to this connection's miners: a share searched later never repeats an earlier one
+        self._extranonce2 = itertools.count(1)
+
+    def next_extranonce2(self) -> int:
+        return next(self._extranonce2)
 
     # -- wire --------------------------------------------------------------------------------------------------
     def send_raw(self, data: bytes) -> None:

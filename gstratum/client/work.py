@@ -53,7 +53,6 @@ class JobWork:
         if version_rolling not in (None, *ROLLING_CONVENTIONS):
             raise ValueError(f"version_rolling must be one of {ROLLING_CONVENTIONS}, got {version_rolling!r}")
         self.client = client
-        self.extranonce2 = itertools.count(1)
         self.params = None
         self.template = None
         self.version_rolling = version_rolling
@@ -76,7 +75,7 @@ class JobWork:
         sub = self.client.subscription
         job_id, _, _, _, _, version, _, ntime, _ = self.params
         size = sub.extranonce2_size
-        en2 = (next(self.extranonce2) % (1 << (8 * size))).to_bytes(size, "big")
+        en2 = (self.client.next_extranonce2() % (1 << (8 * size))).to_bytes(size, "big")
         job_version = int(version, 16)
         header_version, version_bits = job_version, None
         if self.version_rolling is not None:

@@ -11,6 +11,7 @@ reported loss rather than the process killed for memory, which would lose every 
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import time
@@ -24,7 +25,7 @@ from gstratum.storage.db import Database
 from gstratum.greenlets import Loops
 from gstratum.storage.journal import Journal, read_batches
 from gstratum.protocol.rpc import StratumCode
-from gstratum.storage.records import TABLES, Table
+from gstratum.storage.records import TABLES, Table, _float_array, _text_array
 from gstratum.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,47 @@ SHARES_WITH_ROLLUP = (
     "last_share = greatest(worker_minutes.last_share, EXCLUDED.last_share), "
     "best_achieved = greatest(worker_minutes.best_achieved, EXCLUDED.best_achieved)")
 
+# PPLNS: the accepted shares of the pool also go into pplns_shares, and every share of the batch gets a submitted_at
+# strictly after the pool's newest credited share (greatest(its arrival, the previous one + 1 us), in queue order),
+# assigned under a per-pool lock held to commit: commit order is time order, so a reader of the window never sees an
+# older share appear after a newer one, and (start, end] names exactly the shares a split counted. The lock is taken
+# in its own statement, so the stamping statement's snapshot already sees the previous holder's rows.
+PPLNS_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+PPLNS_SHARES = (
+    "WITH u AS (SELECT * FROM unnest({arrays}, %s::text[], %s::numeric[]) WITH ORDINALITY "
+    "AS u({names}, address, exact, n)), "
+    "last AS (SELECT coalesce(max(submitted_at), '-infinity'::timestamptz) AS t FROM pplns_shares "
+    "WHERE cluster = %s), "
+    "stamped AS (SELECT u.*, greatest((SELECT t FROM last), max(to_timestamp(c12) - n * interval '1 microsecond') "
+    "OVER (ORDER BY n ROWS UNBOUNDED PRECEDING)) + n * interval '1 microsecond' AS ts FROM u), "
+    "inserted AS (INSERT INTO shares ({columns}) SELECT {values}, ts FROM stamped ON CONFLICT DO NOTHING "
+    "RETURNING id, worker, submitted_at, accepted, difficulty, achieved, error_code), "
+    "credited AS (INSERT INTO pplns_shares (cluster, submitted_at, share_id, address, worker, difficulty) "
+    "SELECT %s, i.submitted_at, i.id, s.address, i.worker, s.exact FROM inserted i JOIN stamped s ON s.c0 = i.id "
+    "WHERE i.accepted AND s.address IS NOT NULL) "
+    "INSERT INTO worker_minutes (worker, minute, accepted, rejected, difficulty_sum, last_share, best_achieved) "
+    + SHARES_WITH_ROLLUP[SHARES_WITH_ROLLUP.index("SELECT worker, date_trunc"):])
+
+
+def pplns_lock_key(cluster: str) -> int:
+    """The advisory lock that orders one PPLNS pool's credited shares."""
+    return int.from_bytes(hashlib.sha256(f"gstratum-pplns:{cluster}".encode()).digest()[:8], "big", signed=True)
+
+
+def pplns_shares_sql(spec: Table) -> str:
+    names = ", ".join(f"c{i}" for i in range(len(spec.columns)))
+    arrays = ", ".join(f"%s::{'float8' if t == 'epoch' else t}[]" for t in spec.types)
+    values = ", ".join(f"c{i}" for i in range(len(spec.columns) - 1))     # submitted_at: the stamp
+    return PPLNS_SHARES.format(arrays=arrays, names=names, columns=", ".join(spec.columns), values=values)
+
 
 class Writer:
     def __init__(self, db: Database, batch: int = 5000, interval: float = 0.05, max_queue: int = 200_000,
                  journal: Journal | None = None, tables: dict[str, Table] = TABLES, on_write=None,
-                 max_memory: int = 1_000_000, loops: Loops | None = None) -> None:
+                 max_memory: int = 1_000_000, loops: Loops | None = None, pplns_cluster: str | None = None) -> None:
         self.db = db
+        self.pplns_cluster = pplns_cluster   # PPLNS: accepted shares are credited to this pool, in one order
+        self._pplns_sql = pplns_shares_sql(tables["shares"]) if pplns_cluster else None
         self.batch = batch
         self.interval = interval
         self.max_queue = max_queue
@@ -262,7 +298,12 @@ class Writer:
             statements = []
             for name, rows in by_table.items():
                 spec = self.tables[name]
-                if spec.types is not None:      # hot tables: one array literal per column
+                if name == "shares" and self._pplns_sql is not None:
+                    statements.append(cur.mogrify(PPLNS_LOCK, (pplns_lock_key(self.pplns_cluster),)))
+                    statements.append(cur.mogrify(self._pplns_sql, [
+                        *spec.column_arrays(rows), _text_array([r[13] if len(r) > 13 else None for r in rows]),
+                        _float_array([r[8] for r in rows]), self.pplns_cluster, self.pplns_cluster]))
+                elif spec.types is not None:      # hot tables: one array literal per column
                     sql = SHARES_WITH_ROLLUP.format(insert=spec.unnest_sql) if name == "shares" else spec.unnest_sql
                     statements.append(cur.mogrify(sql, spec.column_arrays(rows)))
                 else:                           # rare rows with arrays or JSON (jobs, blocks, admin actions)
