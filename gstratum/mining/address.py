@@ -231,3 +231,18 @@ def describe_script(script: bytes) -> str:
             return "p2tr"
         return f"witness_v{version}"
     return "nonstandard"
+
+
+def normalize_address(text: str) -> str:
+    """The one spelling of an address, for keys (balances, payouts) and for lookups by an address typed in a URL.
+
+    A bech32/bech32m address of a Bitcoin network (hrp bc, tb, bcrt) may be written all upper or all lower case and
+    names the same script: it is keyed lowercase, as Bitcoin Core's validateaddress returns it. Base58 is
+    case-sensitive (changing a letter's case makes another string, with a wrong checksum), so it is kept as given,
+    and so is anything that is not a valid bech32 string of a Bitcoin network (a pool account name, a typo): the
+    lookup then finds what was stored under exactly that text, if anything."""
+    try:
+        hrp, _, _ = bech32_decode(text)
+    except AddressError:
+        return text
+    return text.lower() if hrp in {network.hrp for network in NETWORKS.values()} else text
