@@ -48,7 +48,10 @@ API_POOL_SIZE = 2
 API_CACHE_SECONDS = 2.0       # an answer of a read endpoint is served again for this long (the dashboard polls at 3 s)
 API_CACHE_PATHS = 512         # distinct paths kept (/api/workers/<name> has as many as there are workers)
 CACHED_PREFIXES = ("/api/", "/users/")    # the read endpoints whose answers the cache keeps
-PAGES = {"/": "index.html", "/index.html": "index.html", "/miner.html": "miner.html"}
+HTML, SCRIPT = "text/html; charset=utf-8", "text/javascript; charset=utf-8"
+# the dashboard (its pages share common.js; no build step, nothing from a CDN: the pool may run offline)
+PAGES = {"/": ("index.html", HTML), "/index.html": ("index.html", HTML), "/miner.html": ("miner.html", HTML),
+         "/common.js": ("common.js", SCRIPT)}
 USER_PAYOUTS = 20             # a miner's most recent blocks shown by /api/users/<address>
 
 
@@ -168,10 +171,11 @@ class StatsApi:
         if method != "GET":
             raise HttpError("405 Method Not Allowed", "method not allowed")
         if path in PAGES:
-            page = STATIC / PAGES[path]
+            name, content_type = PAGES[path]
+            page = STATIC / name
             if not page.exists():
                 raise HttpError("404 Not Found", "dashboard not installed")
-            return "200 OK", "text/html; charset=utf-8", page.read_bytes()
+            return "200 OK", content_type, page.read_bytes()
         if path == "/healthz":      # the process is alive and its event loop turns
             return "200 OK", "application/json", _json({"alive": True})
         if path == "/readyz":       # fresh work for miners and a healthy writer (every process, with --workers)
