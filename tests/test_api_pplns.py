@@ -114,8 +114,8 @@ def test_blocks_balances_split_and_a_miners_page_show_the_pplns_accounting(start
     assert blocks[1]["payouts"] == [{"address": B, "amount": 187_053_571, "fee": False},
                                     {"address": A, "amount": 50_000_000, "fee": False},
                                     {"address": POOL, "amount": 75_446_429, "fee": True}]
-    assert blocks[1]["window"] == {"start": "2020-01-01T10:00:00.250000+00:00", "end": "2020-01-01T10:59:00.000000+00:00",
-                                   "total": "0.00002", "shares": 2}
+    assert blocks[1]["window"] == {"start": "2020-01-01T10:00:00.250000+00:00",
+                                   "end": "2020-01-01T10:59:00.000000+00:00", "total": "0.00002", "shares": 2}
     assert blocks[2]["payouts"] == [{"address": A, "amount": 217_633_928, "fee": False},
                                     {"address": POOL, "amount": 94_866_072, "fee": True}]
     assert sum(p["amount"] for p in blocks[2]["payouts"]) == REWARD
@@ -160,10 +160,11 @@ def test_blocks_balances_split_and_a_miners_page_show_the_pplns_accounting(start
                   "next_block": {"credit": 228_515_625, "due": 228_515_625, "paid": 228_515_625}, "balance": 0,
                   "payouts": [{"block_hash": newer, "height": 800_001, "status": "submitted",
                                "found_at": "2020-01-01T11:00:00.000000+00:00", "credit": 50_000_000,
-                               "balance_before": 0, "paid": 50_000_000, "carried": 0, "applied": True},
+                               "balance_before": 0, "paid": 50_000_000, "carried": 0, "applied": True, "fee": False},
                               {"block_hash": older, "height": 800_000, "status": "confirmed",
                                "found_at": "2020-01-01T10:00:00.250000+00:00", "credit": 217_633_928,
-                               "balance_before": 0, "paid": 217_633_928, "carried": 0, "applied": True}]}}
+                               "balance_before": 0, "paid": 217_633_928, "carried": 0, "applied": True,
+                               "fee": False}]}}
     assert get(server, f"/api/users/{A}") == user
 
     owed = get(server, f"/api/users/{B}")["pplns"]          # carried by the older block, paid by the newer one
@@ -172,14 +173,20 @@ def test_blocks_balances_split_and_a_miners_page_show_the_pplns_accounting(start
                     "payouts": [{"block_hash": newer, "height": 800_001, "status": "submitted",
                                  "found_at": "2020-01-01T11:00:00.000000+00:00", "credit": 100_000_000,
                                  "balance_before": 87_053_571, "paid": 187_053_571, "carried": -87_053_571,
-                                 "applied": True},
+                                 "applied": True, "fee": False},
                                 {"block_hash": older, "height": 800_000, "status": "confirmed",
                                  "found_at": "2020-01-01T10:00:00.250000+00:00", "credit": 87_053_571,
-                                 "balance_before": 0, "paid": 0, "carried": 87_053_571, "applied": True}]}
+                                 "balance_before": 0, "paid": 0, "carried": 87_053_571, "applied": True,
+                                 "fee": False}]}
     assert get(server, f"/api/users/{D.upper()}")["pplns"] == {
         "window": {"weight": "0", "share": 0.0, **window},
         "next_block": {"credit": 0, "due": 123_456_789, "paid": 76_176_875}, "balance": 123_456_789, "payouts": []}
     assert get(server, f"/api/users/{E}")["pplns"]["balance"] == -42
+    # the pool's payout address: known by its fee outputs only (no balance row, no miner of the split)
+    fees = get(server, f"/api/users/{POOL}")["pplns"]
+    assert [(p["block_hash"], p["paid"], p["carried"], p["fee"]) for p in fees["payouts"]] == \
+        [(newer, 75_446_429, 0, True), (older, 94_866_072, 0, True)]
+    assert fees["balance"] == 0 and fees["next_block"] == {"credit": 0, "due": 0, "paid": 0}
     assert status_of(server, f"/api/users/{B.lower()}") == 404          # base58 is case-sensitive: another text
     assert status_of(server, f"/api/users/{UNKNOWN}") == 404
 

@@ -368,16 +368,17 @@ class StatsApi:
 
     def _user_pplns(self, address: str) -> tuple[dict, bool]:
         """(what the user is owed and why, whether PPLNS knows the address at all: in the current split, holding a
-        balance row, or in a block's split)."""
+        balance row, or in a block's split). Its payouts: its rows of the newest blocks' splits; the pool's payout
+        address also has its fee outputs there (fee true, nothing carried: the fee is no balance)."""
         with self.db.connection() as conn, conn.cursor() as cur:
             split = self._split(cur)
             cur.execute("SELECT balance FROM balances WHERE cluster = %s AND address = %s", (self.cluster, address))
             balance = cur.fetchone()
             cur.execute("SELECT p.block_hash, b.height, b.status, b.found_at, p.credit, p.balance, p.paid, "
-                        "b.balances_applied FROM block_payouts p CROSS JOIN LATERAL (SELECT height, status, "
+                        "b.balances_applied, p.fee FROM block_payouts p CROSS JOIN LATERAL (SELECT height, status, "
                         "found_at, balances_applied FROM blocks WHERE blocks.cluster = p.cluster AND "
                         "blocks.block_hash = p.block_hash ORDER BY found_at LIMIT 1) AS b "
-                        "WHERE p.cluster = %s AND p.address = %s AND NOT p.fee ORDER BY b.found_at DESC LIMIT %s",
+                        "WHERE p.cluster = %s AND p.address = %s ORDER BY b.found_at DESC, p.fee LIMIT %s",
                         (self.cluster, address, USER_PAYOUTS))
             payouts = cur.fetchall()
         window = split.get("window") or {}
@@ -389,9 +390,9 @@ class StatsApi:
                 "next_block": {"credit": mine.get("credit", 0), "due": mine.get("due", 0), "paid": mine.get("paid", 0)},
                 "balance": balance[0] if balance is not None else 0,
                 "payouts": [{"block_hash": h, "height": height, "status": status, "found_at": _iso(found),
-                             "credit": credit, "balance_before": before, "paid": paid, "carried": credit - paid,
-                             "applied": applied}
-                            for h, height, status, found, credit, before, paid, applied in payouts]}, \
+                             "credit": credit, "balance_before": before, "paid": paid,
+                             "carried": 0 if fee else credit - paid, "applied": applied, "fee": fee}
+                            for h, height, status, found, credit, before, paid, applied, fee in payouts]}, \
             bool(miner is not None or balance is not None or payouts)
 
     def ckpool_user(self, name: str) -> dict | None:
