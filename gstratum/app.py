@@ -186,7 +186,7 @@ class Pool:
         elif self.http_listener is not None:
             self._running.append(self.api_db.close)
             api = http.StatsApi(self.api_db, self.snapshots, admin=self.admin.request,
-                                admin_token=self.config.admin_token)
+                                admin_token=self.config.admin_token, cluster=self.config.cluster)
             self.http = http.serve(api, self.http_listener)
             self._running.append(functools.partial(self.http.stop, timeout=1))
         self.retention.start()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gstratum.mining.address import (NETWORKS, AddressError, Encoding, bech32_decode, describe_script,
-                                     script_for_address)
+                                     normalize_address, script_for_address)
 
 DATA = Path(__file__).resolve().parent / "data"
 KEY_IO = json.loads((DATA / "key_io_addresses.json").read_text())
@@ -313,3 +313,23 @@ def test_unknown_chain_is_refused():
 ])
 def test_describe_script(script_hex, kind):
     assert describe_script(bytes.fromhex(script_hex)) == kind
+
+
+@pytest.mark.parametrize("text, key", [
+    ("BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4", "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"),   # bech32 v0
+    ("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"),
+    ("BC1SW50QGDZ25J", "bc1sw50qgdz25j"),                                                        # bech32m v16
+    ("TB1QRP33G0Q5C5TXSP9ARYSRX4K6ZDKFS4NCE4XJ0GDCCCEFVPYSXF3Q0SL5K7",
+     "tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7"),
+    ("BCRT1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KYGT080", "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"),  # regtest
+    ("1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2", "1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2"),   # base58: case-sensitive
+    ("3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy", "3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy"),
+    ("A12UEL5L", "A12UEL5L"),                     # a valid bech32 string, but not a Bitcoin network's
+    ("BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T5", "BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T5"),   # bad checksum
+    ("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sL5k7",                              # mixed case
+     "tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sL5k7"),
+    ("Alice", "Alice"), ("", ""),                 # pool accounts (not addresses) are kept as they are
+])
+def test_normalize_address_keys_bech32_lowercase_and_keeps_everything_else(text, key):
+    assert normalize_address(text) == key
+    assert normalize_address(key) == key          # idempotent

@@ -154,7 +154,7 @@ def serve_http(cfg, database_url: str):
         return {"published": bus.publish(ADMIN_CHANNEL, {"action": action, "worker": worker, "params": params})}
 
     api = http.StatsApi(http.api_database(database_url), functools.partial(read_snapshots, directory), admin=admin,
-                        admin_token=cfg.admin_token)
+                        admin_token=cfg.admin_token, cluster=cfg.cluster)
     return http.serve(api, open_listener(cfg.http_host, cfg.http_port, share=False))
 
 

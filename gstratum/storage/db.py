@@ -24,7 +24,7 @@ SCHEMA_LOCK_KEY = 0x67737472  # advisory lock so several processes starting toge
 
 SCHEMA_OBJECTS = ("connections", "disconnections", "subscriptions", "authorizations", "jobs", "shares", "blocks",
                   "worker_minutes", "admin_actions", "extranonce1_seq", "pplns_shares", "balances", "block_payouts",
-                  "pplns_current")
+                  "pplns_current", "worker_minutes_user_idx")
 # Columns added to existing tables since the first schema (each by an idempotent ALTER ... IF NOT EXISTS in
 # etc/postgres): a database that lacks one gets the schema applied again.
 SCHEMA_COLUMNS = ("jobs.cluster", "blocks.status", "blocks.username", "blocks.results", "blocks.reward",

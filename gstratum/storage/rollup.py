@@ -35,3 +35,38 @@ BEST_SHARES = (
     "SELECT worker, max(best_achieved), coalesce(max(best_achieved) FILTER (WHERE minute >= "
     "(SELECT date_trunc('minute', max(found_at)) FROM blocks WHERE status <> 'rejected')), max(best_achieved)) "
     "FROM worker_minutes WHERE worker = ANY(%s) GROUP BY worker")
+
+# The hashrate windows of ckpool's user and worker stats (hashrate1m ... hashrate7d), in seconds.
+SPAN_WINDOWS = {"1m": 60, "5m": 300, "1hr": 3600, "1d": 86400, "7d": 604800}
+
+
+def _span_columns() -> str:
+    """For each SPAN_WINDOWS window of N seconds: the difficulty of the rollup minutes that cover the last N seconds
+    (from the minute holding now - N, so at least N seconds of shares even in the first second of a minute) and the
+    seconds those minutes span up to now. hashrate(difficulty, seconds) is then unbiased for any N, even 60."""
+    columns = []
+    for seconds in SPAN_WINDOWS.values():
+        start = f"date_trunc('minute', now() - interval '{seconds} seconds')"
+        columns.append(f"coalesce(sum(difficulty_sum) FILTER (WHERE minute >= {start}), 0), "
+                       f"extract(epoch FROM now() - {start})")
+    return ", ".join(columns)
+
+
+def user_patterns(spellings: list[str]) -> list[str]:
+    """LIKE patterns for the logins of a user: `USER.anything`, the user's text escaped."""
+    escaped = (s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for s in spellings)
+    return [f"{s}.%" for s in escaped]
+
+
+# The workers of one user (a login is USER[.WORKER]), each with: accepted, rejected (24 h), difficulty over
+# RECENT_SECONDS, last share (epoch), whether it has a row in the last 24 h, its difficulty ever, then the
+# SPAN_WINDOWS pairs (difficulty, seconds). %s four times: two spellings of the user (an address may be
+# written in upper or lower case: see gstratum.mining.address.normalize_address) and their user_patterns. The
+# prefix match uses worker_minutes_user_idx (text_pattern_ops): it reads that user's rows only, in any collation.
+USER_WORKERS = (
+    "SELECT worker, coalesce(sum(accepted) FILTER (WHERE minute >= now() - interval '24 hours'), 0), "
+    "coalesce(sum(rejected) FILTER (WHERE minute >= now() - interval '24 hours'), 0), "
+    f"coalesce(sum(difficulty_sum) FILTER (WHERE minute >= now() - interval '{RECENT_SECONDS} seconds'), 0), "
+    "extract(epoch FROM max(last_share)), max(minute) >= now() - interval '24 hours', sum(difficulty_sum), "
+    f"{_span_columns()} "
+    "FROM worker_minutes WHERE worker = %s OR worker = %s OR worker LIKE %s OR worker LIKE %s GROUP BY worker")
