@@ -100,7 +100,7 @@ class Pool:
                 self.pplns = PplnsLedger(self.db, cfg.cluster, PplnsSettings(
                     payout_address=normalize_address(cfg.payout_address), pool_fee=cfg.pool_fee,
                     window_factor=cfg.pplns_window, window_difficulty=cfg.pplns_window_difficulty,
-                    min_output=cfg.pplns_min_output, max_outputs=cfg.pplns_max_outputs))
+                    min_output=cfg.pplns_min_output, max_outputs=cfg.pplns_max_outputs), loops=self.loops)
             self.block_ledger = BlockLedger(self.db, hooks=[self.pplns.on_block_status] if self.pplns else [])
             self.keeper = BlockKeeper(self.block_ledger, self.nodes, leadership=self.bus, cluster=cfg.cluster,
                                       every=cfg.block_keeper_interval, loops=self.loops)
@@ -173,7 +173,8 @@ class Pool:
         work = self.node_work if self.node_work is not None else self.job_stream
         # the block submitter before the work: blocks left pending by a previous process are resubmitted at once
         submitter = (self.submitter,) if self.submitter is not None else ()
-        for part in (self.writer, self.allocator, self.bus, *submitter, work, self.server):
+        pplns_follow = (self.pplns,) if self.pplns is not None else ()
+        for part in (self.writer, self.allocator, self.bus, *pplns_follow, *submitter, work, self.server):
             part.start()
             self._running.append(part.stop)
         if self.keeper is not None:

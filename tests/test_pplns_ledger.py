@@ -104,7 +104,10 @@ def test_the_window_is_read_back_and_followed(ledger, db):
     # newest first: a, b (0.00008, below the target), then the oldest a reaches it and is counted too
     assert dict(first.window.weights) == {"a": Decimal("0.00008"), "b": Decimal("0.00004")}
     assert first.window.start == pplns.EPOCH                                       # every share counts
-    credit(db, cluster, [("c", "0.00009")])                                        # followed, not reloaded
+    credit(db, cluster, [("c", "0.00009")])
+    unchanged = pool.job_payout(R, 0x207FFFFF, "00" * 32, 101, time.time())
+    assert unchanged.window == first.window       # a job's split reads nothing: the window is prepared ahead
+    pool.catch_up(first.window.target)            # what the follow loop does every second: followed, not reloaded
     second = pool.job_payout(R, 0x207FFFFF, "00" * 32, 101, time.time())
     assert dict(second.window.weights) == {"c": Decimal("0.00009"), "a": Decimal("0.00004")}
     assert second.window.start > first.window.start                                # b's time: the newest not counted

@@ -17,7 +17,7 @@ from gstratum.mining import pplns
 
 from .conftest import query, wait_until
 from .nodes import FakeNode
-from .test_node_mining import POOL_ADDRESS, coinbase_outputs
+from .test_node_mining import POOL_ADDRESS, coinbase_outputs, get as http_get
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(os.environ.get("BITCOIND")), reason="sets the fake node's network difficulty")]
@@ -37,6 +37,12 @@ WINDOW = Decimal("0.00012")        # 12 shares of 0.00001: the window always tri
 FEE = "1.5"
 MIN_OUTPUT = 10_000
 MAX_OUTPUTS = 2                    # three miners, two outputs: the smallest due is carried, until it is not
+
+
+def get(server, path: str):
+    status, body = http_get(server, path)
+    assert status == 200, (path, body)
+    return body
 
 
 def accepted_blocks(db, cluster: str) -> list[tuple]:
@@ -96,6 +102,7 @@ def test_pplns_pays_the_window_from_every_coinbase_and_balances_carry(tmp_path, 
             r[5] for r in rows), timeout=30)
         assert len(blocks) >= 5, blocks
 
+        api = {b["block_hash"]: b for b in get(server, "/api/blocks")["blocks"]}
         balances: dict[str, int] = {}
         carried_and_paid = set()
         total_reward = paid_out = 0
@@ -105,6 +112,10 @@ def test_pplns_pays_the_window_from_every_coinbase_and_balances_carry(tmp_path, 
             # the node's own view of the coinbase is what the pool recorded, output by output
             assert [(value, script) for value, script in coinbase_outputs(node, block_hash) if value] == \
                 [(paid, SCRIPTS[a]) for a, paid in outputs]
+            # ... and what the API shows for it: the outputs, and the window as ISO 8601
+            assert [(o["address"], o["amount"]) for o in api[block_hash]["payouts"]] == outputs
+            assert api[block_hash]["window"]["start"] == start.isoformat() and \
+                api[block_hash]["window"]["end"] == end.isoformat()
             # the window is the shares table's: accepted shares in (start, end]
             weights = window_weights(db, workers, start, end)
             assert {a: Decimal(w) for a, fee, w, *_ in rows if not fee and Decimal(w)} == weights
@@ -122,6 +133,7 @@ def test_pplns_pays_the_window_from_every_coinbase_and_balances_carry(tmp_path, 
         # the database's balances are the rule's, and every satoshi is somewhere, once
         stored = dict(query(db, "SELECT address, balance FROM balances WHERE cluster = %s AND balance <> 0", cluster))
         assert stored == {a: b for a, b in balances.items() if b}
+        assert {b["address"]: b["balance"] for b in get(server, "/api/balances")} == stored
         assert total_reward == paid_out       # the coinbases paid all of R (the fee output holds fee + carried)
         assert sum(balances.values()) >= 0 and any(balances.values())       # something is carried
         assert carried_and_paid, "no carried balance was ever paid out"

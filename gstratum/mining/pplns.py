@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import decimal
 import functools
+import heapq
+import operator
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -457,56 +459,88 @@ def _weight(address, value) -> Decimal:
     return Decimal(value)
 
 
-def split(reward: int, fee_percent: str | Decimal, window: Mapping[str, Decimal], balances: Mapping[str, int],
-          min_output: int = DEFAULT_MIN_OUTPUT, max_outputs: int = DEFAULT_MAX_OUTPUTS, *,
-          payout_address: str) -> Split:
-    """Split R = `reward` for one job by the rule (module docstring): `window` maps each miner in the window to its
-    counted difficulty (WindowSnapshot.weights), `balances` each miner to what it is owed from earlier blocks."""
-    _amount(reward, "reward")
-    _amount(min_output, "min_output", 1)
-    _amount(max_outputs, "max_outputs", 0, 2**31)
-    if not isinstance(payout_address, str) or not payout_address:
-        raise ValueError(f"payout_address must be a non-empty str, got {payout_address!r}")
-    percent = exact_percent(fee_percent)
-    fee = reward * percent.numerator // (100 * percent.denominator)
-    distributable = reward - fee
+@dataclass(frozen=True)
+class Prepared:
+    """A window and the balances made ready to split any reward fast: every address (in the window or owed) in
+    ascending order, beside its weight as an exact integer on one scale (w x 10^k) and its balance. Built when the
+    window or the balances change, off the new-block path; a split is then one multiply and floor-divide per miner
+    and a partial sort of the dues (the payees are always the first dues in order: once one is skipped, every
+    smaller one is too)."""
 
+    addresses: tuple[str, ...]          # ascending: the index breaks ties between equal dues
+    scaled: tuple[int, ...]             # w(a) x 10^k, exactly (0: not in the window)
+    owed: tuple[int, ...]               # balance(a)
+    in_window: tuple[int, ...]          # indexes of the window's miners
+    total: int                          # W x 10^k
+    window_total: Decimal               # W
+
+    def split(self, reward: int, fee_percent: str | Decimal, min_output: int = DEFAULT_MIN_OUTPUT,
+              max_outputs: int = DEFAULT_MAX_OUTPUTS, *, payout_address: str) -> Split:
+        """Split R = `reward` by the rule (module docstring)."""
+        _amount(reward, "reward")
+        _amount(min_output, "min_output", 1)
+        _amount(max_outputs, "max_outputs", 0, 2**31)
+        if not isinstance(payout_address, str) or not payout_address:
+            raise ValueError(f"payout_address must be a non-empty str, got {payout_address!r}")
+        percent = exact_percent(fee_percent)
+        fee = reward * percent.numerator // (100 * percent.denominator)
+        distributable = reward - fee
+        addresses = self.addresses
+        credits: dict[str, int] = {}
+        paid: dict[str, int] = {}
+        if self.in_window:
+            total = self.total      # floor(D x w / W) = D x (w 10^k) // (W 10^k): exact integers
+            credit_of = [distributable * weight // total for weight in self.scaled]
+            dues = list(map(operator.add, credit_of, self.owed))
+            credits = {addresses[i]: credit_of[i] for i in self.in_window}
+            room = reward
+            # largest dues first; equal dues keep ascending address order (the sort is stable)
+            for index in heapq.nlargest(max_outputs, range(len(dues)), key=dues.__getitem__):
+                due = dues[index]
+                amount = min(due, room)
+                if due < min_output or amount < min_output:
+                    break                         # every later due is smaller: all of them are skipped
+                paid[addresses[index]] = amount
+                room -= amount
+        deltas = dict(credits)
+        for address, amount in paid.items():
+            deltas[address] = deltas.get(address, 0) - amount
+        outputs = [Output(address, amount, False) for address, amount in paid.items()]
+        kept = reward - sum(paid.values())
+        if kept:
+            outputs.append(Output(payout_address, kept, True))
+        owed = dict(zip(addresses, self.owed))
+        involved = {address: owed[address] for address in credits.keys() | paid.keys() if owed[address]}
+        return Split(reward=reward, fee=fee, distributable=distributable, window_total=self.window_total,
+                     credits=MappingProxyType(credits), balances=MappingProxyType(involved),
+                     paid=MappingProxyType(paid), deltas=MappingProxyType(deltas), outputs=tuple(outputs),
+                     payout_address=payout_address, min_output=min_output, max_outputs=max_outputs)
+
+
+def prepare(window: Mapping[str, Decimal], balances: Mapping[str, int]) -> Prepared:
+    """`window` maps each miner in the window to its counted difficulty (WindowSnapshot.weights), `balances` each
+    miner to what it is owed from earlier blocks."""
     weights = {address: _weight(address, value) for address, value in window.items()}
-    with decimal.localcontext(_EXACT):
-        window_total = sum(weights.values(), _ZERO)
     owed = {}
     for address, balance in balances.items():
         _amount(balance, f"balance of {address}", -MAX_MONEY)
         if balance:
             owed[address] = balance
+    addresses = tuple(sorted(weights.keys() | owed.keys()))
+    with decimal.localcontext(_EXACT):
+        window_total = sum(weights.values(), _ZERO)
+        scale = max([0] + [-value.as_tuple().exponent for value in weights.values()])
+        scaled = {address: int(value.scaleb(scale)) for address, value in weights.items()}
+    return Prepared(addresses=addresses, scaled=tuple(scaled.get(a, 0) for a in addresses),
+                    owed=tuple(owed.get(a, 0) for a in addresses),
+                    in_window=tuple(i for i, a in enumerate(addresses) if a in scaled), total=sum(scaled.values()),
+                    window_total=window_total)
 
-    credits: dict[str, int] = {}
-    paid: dict[str, int] = {}
-    if weights:
-        # floor(D x w / W) in integers: w = n/d and W = tn/td exactly, so D x n x td // (d x tn)
-        total_numerator, total_denominator = window_total.as_integer_ratio()
-        for address, weight in weights.items():
-            numerator, denominator = weight.as_integer_ratio()
-            credits[address] = distributable * numerator * total_denominator // (denominator * total_numerator)
-        dues = {address: credits.get(address, 0) + owed.get(address, 0) for address in credits.keys() | owed.keys()}
-        room = reward
-        for address in sorted(dues, key=lambda a: (-dues[a], a)):
-            due = dues[address]
-            if len(paid) >= max_outputs or due < min_output:
-                continue
-            amount = min(due, room)
-            if amount < min_output:
-                continue
-            paid[address] = amount
-            room -= amount
 
-    deltas = {address: credits.get(address, 0) - paid.get(address, 0) for address in credits.keys() | paid.keys()}
-    outputs = [Output(address, amount, False) for address, amount in paid.items()]
-    kept = reward - sum(paid.values())
-    if kept:
-        outputs.append(Output(payout_address, kept, True))
-    involved = {address: owed[address] for address in owed.keys() & (credits.keys() | paid.keys())}
-    return Split(reward=reward, fee=fee, distributable=distributable, window_total=window_total,
-                 credits=MappingProxyType(credits), balances=MappingProxyType(involved),
-                 paid=MappingProxyType(paid), deltas=MappingProxyType(deltas), outputs=tuple(outputs),
-                 payout_address=payout_address, min_output=min_output, max_outputs=max_outputs)
+def split(reward: int, fee_percent: str | Decimal, window: Mapping[str, Decimal], balances: Mapping[str, int],
+          min_output: int = DEFAULT_MIN_OUTPUT, max_outputs: int = DEFAULT_MAX_OUTPUTS, *,
+          payout_address: str) -> Split:
+    """Split R = `reward` for one job by the rule (module docstring): `window` maps each miner in the window to its
+    counted difficulty (WindowSnapshot.weights), `balances` each miner to what it is owed from earlier blocks."""
+    return prepare(window, balances).split(reward, fee_percent, min_output, max_outputs,
+                                           payout_address=payout_address)

@@ -255,8 +255,9 @@ class NodeWork:
         self.tip_changed("blocknotify")
 
     def _on_balances(self, message: dict) -> None:
-        self.payouts.balances_changed()
-        self.tip_changed("balances")
+        self.payouts.heard(message)
+        if not message.get("pending"):      # balances moved: the job is rebuilt with them
+            self.tip_changed("balances")
 
     def start(self) -> None:
         """First template before miners are accepted (when a node answers); then the loops. An invalid payout
