@@ -69,18 +69,21 @@ def bech32_address(hrp: str, program: bytes) -> str:
 class Pool:
     """The fake node, the embedded PostgreSQL and one gstratum process against them."""
 
-    def __init__(self, work: Path, node_args=(), server_args=(), zmq: bool = True) -> None:
+    def __init__(self, work: Path, node_args=(), server_args=(), zmq: bool = True, seed=None) -> None:
         from gstratum.storage.embedded_pg import EmbeddedPostgres
         from nodes import FakeNode
 
         self.embedded = EmbeddedPostgres(ROOT / ".gstratum" / "bench-pgdata").start()
+        self.cluster = f"b{uuid.uuid4().hex[:8]}"
+        if seed is not None:
+            seed(self.embedded.url, self.cluster)
         self.node = FakeNode(work / "node", *node_args)
         self.port = free_port()
         self.http_port = free_port()
         self.log_path = work / "server.log"
         log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "gstratum", "run", "--host", "127.0.0.1", "--port", str(self.port),
-               "--http-port", str(self.http_port), "--database-url", self.embedded.url, "--cluster", f"b{uuid.uuid4().hex[:8]}",
+               "--http-port", str(self.http_port), "--database-url", self.embedded.url, "--cluster", self.cluster,
                "--journal-dir", str(work / "journal"), "--bitcoind", self.node.url, "--bitcoind-cookie",
                str(self.node.cookie_path), "--payout-address", POOL_ADDRESS, "--vardiff", "0",
                "--difficulty", "0.00001", "--min-difficulty", "1e-9", *server_args]
@@ -147,12 +150,49 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def seed_pplns(shares: int, payees: int, addresses_file: Path):
+    """A PPLNS pool's history before the server starts: `shares` accepted shares of difficulty 1 over `payees`
+    addresses (every one in the window) and a balance for each."""
+    import hashlib
+
+    import psycopg2
+
+    addresses = [bech32_address("bcrt", hashlib.sha256(f"pplns{i}".encode()).digest()[:20]) for i in range(payees)]
+    addresses_file.write_text("\n".join(addresses))
+
+    def seed(url: str, cluster: str) -> None:
+        from gstratum.storage.db import Database
+
+        database = Database(url)
+        database.apply_schema()
+        database.close()
+        started = time.monotonic()
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO pplns_shares (cluster, submitted_at, share_id, address, worker, difficulty) "
+                        "SELECT %s, now() - (%s - g) * interval '1 microsecond', gen_random_uuid(), "
+                        "(%s::text[])[1 + g %% %s], 'seed', 1 FROM generate_series(1, %s) AS g",
+                        (cluster, shares, addresses, payees, shares))
+            cur.execute("INSERT INTO balances (cluster, address, balance, updated_at) SELECT %s, a, "
+                        "1000 + length(a) * 37, now() FROM unnest(%s::text[]) AS a", (cluster, addresses))
+        print(f"seeded {shares} shares over {payees} addresses in {time.monotonic() - started:.1f} s")
+
+    return seed
+
+
 def bench_newblock(args, work: Path) -> None:
-    pool = Pool(work, server_args=("--block-poll", "1"), zmq=not args.no_zmq)
+    server_args = ["--block-poll", "1"]
+    load_extra: list[str] = []
+    seed = None
+    if args.pplns_shares:
+        users = work / "payees.txt"
+        seed = seed_pplns(args.pplns_shares, args.pplns_payees, users)
+        server_args += ["--pplns", "--pplns-window-difficulty", str(args.pplns_shares)]
+        load_extra += ["--users", str(users)]
+    pool = Pool(work, server_args=server_args, zmq=not args.no_zmq, seed=seed)
     try:
         out = work / "load.json"
         seconds = args.miners / 1000 + 8 + args.blocks * 3
-        load = pool.load(args.miners, seconds, out, "--share-rate", "0")
+        load = pool.load(args.miners, seconds, out, "--share-rate", "0", *load_extra)
         announced = listen_hashblock(pool.node.zmq_endpoint)
         time.sleep(args.miners / 1000 + 5)       # the ramp, then quiet
         mined = []
@@ -172,8 +212,12 @@ def bench_newblock(args, work: Path) -> None:
             last.append((job["last_at"] - before) * 1000)
             reached.append(job["reached"])
         fanouts = [float(x) for x in re.findall(r"clean=True miners=\d+ fanout=([\d.]+)ms", pool.log())][1:]
+        built = [float(x) for x in re.findall(r"clean job \w+, \d+ transactions, built in ([\d.]+) ms", pool.log())][1:]
         print(f"path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} blocks={len(first)} "
-              f"reached={min(reached) if reached else 0}")
+              f"reached={min(reached) if reached else 0}"
+              + (f" pplns: {args.pplns_shares} shares over {args.pplns_payees} payees" if args.pplns_shares else ""))
+        print(f"  template -> clean job built (getblocktemplate{' + the PPLNS split' if args.pplns_shares else ''}): "
+              f"median {median(built):.1f} ms")
         print(f"  node announces block -> first miner: median {median(first):.1f} ms, max {max(first):.1f} ms")
         print(f"  node announces block -> last miner:  median {median(last):.1f} ms, max {max(last):.1f} ms")
         print(f"  server-side fan-out of those clean jobs: median {median(fanouts):.1f} ms")
@@ -280,6 +324,9 @@ def main() -> int:
     parser.add_argument("--txs", type=int, default=4000)
     parser.add_argument("--addresses", type=int, default=1000)
     parser.add_argument("--no-zmq", action="store_true")
+    parser.add_argument("--pplns-shares", type=int, default=0,
+                        help="newblock: a PPLNS pool whose window holds this many shares (seeded in the database)")
+    parser.add_argument("--pplns-payees", type=int, default=5000, help="... over this many addresses")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix=f"bench-node-{args.what}-"))
     {"newblock": bench_newblock, "template": bench_template, "submit": bench_submit, "solo": bench_solo}[args.what](

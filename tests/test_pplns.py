@@ -599,3 +599,24 @@ def test_the_default_max_outputs_fits_real_firmware_with_margin():
     # each payee adds 43 bytes to the coinbase and 86 hex characters to the notify line
     more = coinbase_sizes(DEFAULT_MAX_OUTPUTS + 1)
     assert more["coinbase"] - sizes["coinbase"] == 43 and more["line"] - sizes["line"] == 86
+
+
+# -- the new-block path: payees from a shortlist made ahead -----------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from([f"m{i:02d}" for i in range(40)]), st.integers(1, 10**6), max_size=40),
+       st.dictionaries(st.sampled_from([f"m{i:02d}" for i in range(45)]), st.integers(-10**6, 10**8), max_size=20),
+       st.integers(1, 10**10), st.integers(0, 12), st.integers(1, 50_000), st.sampled_from(["0", "1.5", "2", "33"]),
+       st.floats(0.5, 2.0))
+def test_payees_from_a_shortlist_are_the_splits_payees(weights, balances, reward, max_outputs, min_output, fee, spread):
+    window = {a: Decimal(w) * Decimal("0.00001") for a, w in weights.items()}
+    prepared = pplns.prepare(window, balances)
+    full = prepared.split(reward, fee, min_output, max_outputs, payout_address="pool")
+    assert prepared.payees(reward, fee, min_output, max_outputs) == dict(full.paid)
+    low, high = sorted((reward, max(1, min(int(reward * spread), pplns.MAX_MONEY))))
+    short = prepared.shortlist(fee, max_outputs, low, high)
+    assert prepared.payees(reward, fee, min_output, max_outputs, short) == dict(full.paid)
+    assert list(full.paid) == list(prepared.payees(reward, fee, min_output, max_outputs, short))   # same order

@@ -35,6 +35,7 @@ import decimal
 import functools
 import heapq
 import operator
+from itertools import compress, repeat
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -461,18 +462,67 @@ def _weight(address, value) -> Decimal:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A window and the balances made ready to split any reward fast: every address (in the window or owed) in
-    ascending order, beside its weight as an exact integer on one scale (w x 10^k) and its balance. Built when the
-    window or the balances change, off the new-block path; a split is then one multiply and floor-divide per miner
-    and a partial sort of the dues (the payees are always the first dues in order: once one is skipped, every
-    smaller one is too)."""
+    """A window and the balances made ready to split any reward fast. Every address (in the window or owed), in
+    ascending order, sits beside its weight as an exact integer on one scale (w x 10^k) and its balance. Built when
+    the window or the balances change, off the new-block path; a split is then a few passes of C-level `map` over
+    those columns and a partial sort of the dues, each folded with its address's rank into one integer (so equal
+    dues keep ascending address order without a Python key function). The payees are always the first dues in that
+    order: once one is skipped, every smaller one is too."""
 
     addresses: tuple[str, ...]          # ascending: the index breaks ties between equal dues
     scaled: tuple[int, ...]             # w(a) x 10^k, exactly (0: not in the window)
     owed: tuple[int, ...]               # balance(a)
-    in_window: tuple[int, ...]          # indexes of the window's miners
+    in_window: tuple[bool, ...]         # a is in the window
+    ties: tuple[int, ...]               # n - 1 - index: folded into each due's sort key
+    window_owed: Mapping[str, int]      # the non-zero balances of the window's miners
+    owed_by_address: Mapping[str, int]  # every non-zero balance
     total: int                          # W x 10^k
     window_total: Decimal               # W
+
+    def payees(self, reward: int, fee_percent: str | Decimal, min_output: int = DEFAULT_MIN_OUTPUT,
+               max_outputs: int = DEFAULT_MAX_OUTPUTS, shortlist: "Shortlist | None" = None) -> dict[str, int]:
+        """What the rule pays each payee of R = `reward`, in coinbase order: the coinbase's outputs without the rest
+        of the split (every miner's credit, the balance changes), which `split` gives. With a `shortlist` made for a
+        range holding `reward`, only its few miners are looked at: the new-block path."""
+        _amount(reward, "reward")
+        percent = exact_percent(fee_percent)
+        distributable = reward - reward * percent.numerator // (100 * percent.denominator)
+        if not self.total:
+            return {}
+        count, total, scaled, owed = len(self.addresses), self.total, self.scaled, self.owed
+        if shortlist is not None and shortlist.low <= reward <= shortlist.high:
+            indexes = shortlist.indexes
+        else:
+            indexes = range(count)
+        keys = [(distributable * scaled[i] // total + owed[i]) * count + self.ties[i] for i in indexes]
+        paid: dict[str, int] = {}
+        room = reward
+        for key in heapq.nlargest(max_outputs, keys):            # largest due first, then ascending address
+            tie = key % count
+            due = (key - tie) // count
+            amount = min(due, room)
+            if due < min_output or amount < min_output:
+                break
+            paid[self.addresses[count - 1 - tie]] = amount
+            room -= amount
+        return paid
+
+    def shortlist(self, fee_percent: str | Decimal, max_outputs: int, low: int, high: int) -> "Shortlist":
+        """The miners that can be among the payees of any reward in [low, high] (made ahead, off the new-block
+        path). due(a) = floor(D x w(a) / W) + balance(a) only grows with D, so for every reward in the range it lies
+        in [its due at `low`, its due at `high`]; a miner whose due at `high` is below the max_outputs-th largest
+        due at `low` has at least max_outputs miners strictly ahead of it, whatever the reward: it cannot be paid."""
+        count = len(self.addresses)
+        if not self.total or count <= max_outputs:
+            return Shortlist(low, high, tuple(range(count)))
+        percent = exact_percent(fee_percent)
+        d_low = low - low * percent.numerator // (100 * percent.denominator)
+        d_high = high - high * percent.numerator // (100 * percent.denominator)
+        total, owed = self.total, self.owed
+        lows = [d_low * weight // total + owed[i] for i, weight in enumerate(self.scaled)]
+        highs = [d_high * weight // total + owed[i] for i, weight in enumerate(self.scaled)]
+        kth = heapq.nlargest(max_outputs, lows)[-1] if max_outputs else max(highs) + 1
+        return Shortlist(low, high, tuple(i for i in range(count) if highs[i] >= kth))
 
     def split(self, reward: int, fee_percent: str | Decimal, min_output: int = DEFAULT_MIN_OUTPUT,
               max_outputs: int = DEFAULT_MAX_OUTPUTS, *, payout_address: str) -> Split:
@@ -486,21 +536,24 @@ class Prepared:
         fee = reward * percent.numerator // (100 * percent.denominator)
         distributable = reward - fee
         addresses = self.addresses
+        count = len(addresses)
         credits: dict[str, int] = {}
         paid: dict[str, int] = {}
-        if self.in_window:
-            total = self.total      # floor(D x w / W) = D x (w 10^k) // (W 10^k): exact integers
-            credit_of = [distributable * weight // total for weight in self.scaled]
-            dues = list(map(operator.add, credit_of, self.owed))
-            credits = {addresses[i]: credit_of[i] for i in self.in_window}
+        if self.total:
+            # floor(D x w / W) = D x (w 10^k) // (W 10^k): exact integers, one C-level pass each
+            credit_of = list(map(operator.floordiv, map(operator.mul, repeat(distributable, count), self.scaled),
+                                 repeat(self.total, count)))
+            credits = dict(compress(zip(addresses, credit_of), self.in_window))
+            keys = map(operator.add, map(operator.mul, map(operator.add, credit_of, self.owed), repeat(count, count)),
+                       self.ties)
             room = reward
-            # largest dues first; equal dues keep ascending address order (the sort is stable)
-            for index in heapq.nlargest(max_outputs, range(len(dues)), key=dues.__getitem__):
-                due = dues[index]
+            for key in heapq.nlargest(max_outputs, keys):        # largest due first, then ascending address
+                tie = key % count
+                due = (key - tie) // count
                 amount = min(due, room)
                 if due < min_output or amount < min_output:
                     break                         # every later due is smaller: all of them are skipped
-                paid[addresses[index]] = amount
+                paid[addresses[count - 1 - tie]] = amount
                 room -= amount
         deltas = dict(credits)
         for address, amount in paid.items():
@@ -509,12 +562,23 @@ class Prepared:
         kept = reward - sum(paid.values())
         if kept:
             outputs.append(Output(payout_address, kept, True))
-        owed = dict(zip(addresses, self.owed))
-        involved = {address: owed[address] for address in credits.keys() | paid.keys() if owed[address]}
+        involved = self.window_owed if credits else MappingProxyType({})
+        extra = [a for a in paid if a not in involved and self.owed_by_address.get(a)]   # balance-only payees
+        if extra:
+            involved = MappingProxyType({**involved, **{a: self.owed_by_address[a] for a in extra}})
         return Split(reward=reward, fee=fee, distributable=distributable, window_total=self.window_total,
-                     credits=MappingProxyType(credits), balances=MappingProxyType(involved),
+                     credits=MappingProxyType(credits), balances=involved,
                      paid=MappingProxyType(paid), deltas=MappingProxyType(deltas), outputs=tuple(outputs),
                      payout_address=payout_address, min_output=min_output, max_outputs=max_outputs)
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """Prepared.shortlist: the indexes of the miners that can be paid for a reward in [low, high]."""
+
+    low: int
+    high: int
+    indexes: tuple[int, ...]
 
 
 def prepare(window: Mapping[str, Decimal], balances: Mapping[str, int]) -> Prepared:
@@ -531,10 +595,12 @@ def prepare(window: Mapping[str, Decimal], balances: Mapping[str, int]) -> Prepa
         window_total = sum(weights.values(), _ZERO)
         scale = max([0] + [-value.as_tuple().exponent for value in weights.values()])
         scaled = {address: int(value.scaleb(scale)) for address, value in weights.items()}
+    count = len(addresses)
     return Prepared(addresses=addresses, scaled=tuple(scaled.get(a, 0) for a in addresses),
-                    owed=tuple(owed.get(a, 0) for a in addresses),
-                    in_window=tuple(i for i, a in enumerate(addresses) if a in scaled), total=sum(scaled.values()),
-                    window_total=window_total)
+                    owed=tuple(owed.get(a, 0) for a in addresses), in_window=tuple(a in scaled for a in addresses),
+                    ties=tuple(range(count - 1, -1, -1)),
+                    window_owed=MappingProxyType({a: b for a, b in owed.items() if a in scaled}),
+                    owed_by_address=MappingProxyType(owed), total=sum(scaled.values()), window_total=window_total)
 
 
 def split(reward: int, fee_percent: str | Decimal, window: Mapping[str, Decimal], balances: Mapping[str, int],

@@ -54,6 +54,7 @@ class NodeWork:
         self.loops = loops or Loops()
         self.payouts = payouts                  # gstratum.storage.pplns.PplnsLedger: PPLNS, None otherwise
         self._scripts: dict[str, bytes] = {}    # PPLNS payee address -> its script (decoded once)
+        self.last_split_ms: float | None = None  # how long the newest job's PPLNS split took (logged)
         self.job_stream = job_stream
         self.metrics = metrics
         self.payout_address = payout_address
@@ -137,10 +138,12 @@ class NodeWork:
         created_at = time.time()
         payout = None
         if self.payouts is not None:        # PPLNS: the window's miners, then the fee output (one coinbase for all)
+            started = time.perf_counter()
             payout = self.payouts.job_payout(template.coinbasevalue, int(template.bits_hex, 16),
                                              template.previousblockhash, template.height, created_at)
+            self.last_split_ms = (time.perf_counter() - started) * 1000
             outputs = [(o.amount, self.payout_script if o.fee else self._payee_script(o.address))
-                       for o in payout.split.outputs]
+                       for o in payout.outputs]
         else:
             # the pool's own variant: solo miners never get it (they wait for authorize), it pays the fee address
             outputs = [(template.coinbasevalue, self.payout_script or bytes([0x6A]))]
@@ -189,9 +192,10 @@ class NodeWork:
             self.job_stream.push(job)
             if clean:
                 learnt = self.tip_learnt_at
-                log.info("new block %s at height %d (%s): clean job %s, %d transactions, built in %.1f ms%s",
+                log.info("new block %s at height %d (%s): clean job %s, %d transactions, built in %.1f ms%s%s",
                          template.previousblockhash, template.height - 1, reason, job.job_id, len(template.txids),
                          (time.perf_counter() - started) * 1000,
+                         f" (PPLNS split {self.last_split_ms:.1f} ms)" if self.payouts is not None else "",
                          f", {(time.perf_counter() - learnt) * 1000:.1f} ms after the node announced it"
                          if learnt is not None else "")
             return True

@@ -18,6 +18,7 @@ soon as they are.
 from __future__ import annotations
 
 import decimal
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import ujson
 
 from gstratum.cluster.bus import Bus
 from gstratum.errors import first_line
-from gstratum.greenlets import Loops, spawn_logged
+from gstratum.greenlets import Loops
 from gstratum.mining import pplns
 from gstratum.mining.blockstatus import BlockStatus
 from gstratum.mining.pplns import Split, Window, WindowSnapshot
@@ -43,7 +44,10 @@ log = logging.getLogger(__name__)
 BALANCES_CHANNEL = "balances"
 APPLIED = (BlockStatus.SUBMITTED, BlockStatus.CONFIRMED)   # statuses whose balance changes are in force
 APPLY_WAIT = 2.0          # seconds a split on our own new block waits for that block's balance changes
+PUBLISH_DELAY = 1.0       # seconds after a job before its split is written for the API (after the fan-out)
+WARM_DELAY = 0.3          # seconds after a job before its whole split is computed (after the fan-out)
 LOAD_BATCH = 20_000
+MAX_REWARD = pplns.MAX_MONEY
 
 
 class PplnsUnavailable(Exception):
@@ -65,19 +69,40 @@ class PplnsSettings:
         return pplns.window_target(self.window_factor, nbits)
 
 
-@dataclass(frozen=True)
 class JobPayout:
-    """What one job's coinbase pays, and why: the split and the window it counted. Recorded with any block found on
-    the job, so the block's balance changes are exactly the ones its coinbase implies."""
+    """What one job's coinbase pays, and why: its outputs (computed on the new-block path from a shortlist made
+    ahead), and the whole split and window behind them (computed later, once: when the split is published or a
+    block found on the job is recorded). Recorded with any block found on the job, so the block's balance changes
+    are exactly the ones its coinbase implies."""
 
-    split: Split
-    window: WindowSnapshot
-    job_created_at: datetime
-    height: int
-    balances_paid: bool      # False: this job pays no balance (our previous block's changes were not applied yet)
+    def __init__(self, prepared: pplns.Prepared, settings: PplnsSettings, reward: int, paid: dict[str, int],
+                 window: WindowSnapshot, job_created_at: datetime, height: int, balances_paid: bool) -> None:
+        self.prepared = prepared
+        self.settings = settings
+        self.reward = reward
+        self.window = window
+        self.job_created_at = job_created_at
+        self.height = height
+        self.balances_paid = balances_paid      # False: no balance paid (our previous block's changes not applied)
+        outputs = [pplns.Output(address, amount, False) for address, amount in paid.items()]
+        kept = reward - sum(paid.values())
+        if kept:
+            outputs.append(pplns.Output(settings.payout_address, kept, True))
+        self.outputs = tuple(outputs)
+        self._record: dict | None = None
+
+    @functools.cached_property
+    def split(self) -> Split:
+        split = self.prepared.split(self.reward, self.settings.pool_fee, self.settings.min_output,
+                                    self.settings.max_outputs, payout_address=self.settings.payout_address)
+        if split.outputs != self.outputs:       # one rule, two paths: they cannot differ (tests/test_pplns.py)
+            raise AssertionError(f"PPLNS payees {self.outputs} differ from the split's {split.outputs}")
+        return split
 
     def record(self) -> dict:
-        """JSON-ready: the block record (file and row) and the API's current split."""
+        """JSON-ready: the block record (file and row) and the API's current split (built once)."""
+        if self._record is not None:
+            return self._record
         split, window = self.split, self.window
         total = window.total
         miners = []
@@ -88,14 +113,16 @@ class JobPayout:
                            "share": float(weight / total) if total else 0.0,
                            "credit": split.credits.get(address, 0), "balance": split.balances.get(address, 0),
                            "due": split.due(address), "paid": split.paid.get(address, 0)})
-        return {"height": self.height, "created_at": self.job_created_at.isoformat(), "reward": split.reward,
-                "fee": split.fee, "payout_address": split.payout_address, "balances_paid": self.balances_paid,
-                "window": {"start": window.start.isoformat(), "end": window.end.isoformat(), "total": str(total),
-                           "shares": window.shares, "target": str(Decimal(window.target.numerator)
-                                                                  / Decimal(window.target.denominator)),
-                           "complete": window.complete},
-                "miners": miners,
-                "outputs": [{"address": o.address, "amount": o.amount, "fee": o.fee} for o in split.outputs]}
+        self._record = {
+            "height": self.height, "created_at": self.job_created_at.isoformat(), "reward": split.reward,
+            "fee": split.fee, "payout_address": split.payout_address, "balances_paid": self.balances_paid,
+            "window": {"start": window.start.isoformat(), "end": window.end.isoformat(), "total": str(total),
+                       "shares": window.shares,
+                       "target": str(Decimal(window.target.numerator) / Decimal(window.target.denominator)),
+                       "complete": window.complete},
+            "miners": miners,
+            "outputs": [{"address": o.address, "amount": o.amount, "fee": o.fee} for o in split.outputs]}
+        return self._record
 
 
 class PplnsLedger:
@@ -122,10 +149,13 @@ class PplnsLedger:
         self.unapplied: set[str] = set()             # blocks of ours whose balance changes are not applied yet
         self._applied = gevent.event.Event()         # set whenever a block's balance changes are applied
         self._prepared: pplns.Prepared | None = None
+        self._shortlist: pplns.Shortlist | None = None
+        self.reward_seen: int | None = None          # the newest template's reward: the shortlist's range is around it
         self._snapshot_at: datetime | None = None
         self._snapshot: WindowSnapshot | None = None
         self._lock = gevent.lock.Semaphore()         # one reader of the database at a time (loop or refresher)
         self._loop = None
+        self._publishing: tuple[str, JobPayout] | None = None
         self.current: JobPayout | None = None
 
     def start(self) -> None:
@@ -227,6 +257,11 @@ class PplnsLedger:
         self._snapshot = self.window.snapshot(moment)
         self._snapshot_at = moment
         self._prepared = pplns.prepare(self._snapshot.weights, self.balances)
+        self._shortlist = None
+        if self.reward_seen:        # the next block's reward is near this one: halve it, double it
+            settings = self.settings
+            self._shortlist = self._prepared.shortlist(settings.pool_fee, settings.max_outputs,
+                                                       self.reward_seen // 2, min(self.reward_seen * 2, MAX_REWARD))
 
     # -- balances -------------------------------------------------------------------------------------------------
     def _read_balances(self, cur) -> None:
@@ -293,19 +328,35 @@ class PplnsLedger:
         if snapshot.shares == 0:                 # an empty window: start = end = the job's creation time
             snapshot = self.window.snapshot(moment)
         settings = self.settings
-        prepared = self._prepared if settled else pplns.prepare(snapshot.weights, {})
-        if not settled:
+        if settled:
+            prepared, shortlist = self._prepared, self._shortlist
+        else:
+            prepared, shortlist = pplns.prepare(snapshot.weights, {}), None
             log.warning("PPLNS: the balances as block %s left them are not known yet; this job pays no balance "
                         "(credits are paid or carried, nothing twice) and is rebuilt once they are", tip)
-        split = prepared.split(reward, settings.pool_fee, settings.min_output, settings.max_outputs,
-                               payout_address=settings.payout_address)
-        payout = JobPayout(split, snapshot, moment, height, settled)
+        paid = prepared.payees(reward, settings.pool_fee, settings.min_output, settings.max_outputs, shortlist)
+        payout = JobPayout(prepared, settings, reward, paid, snapshot, moment, height, settled)
+        if self.reward_seen is None or not (self.reward_seen // 2 <= reward <= self.reward_seen * 2):
+            self.reward_seen = reward            # the shortlist follows the reward (next prepare)
+            self._shortlist = None
         self.current = payout
         return payout
 
     def publish(self, job_id: str, payout: JobPayout) -> None:
-        """The split paid now, for the API and dashboard (its own greenlet: never delays a job)."""
-        spawn_logged(self._publish, job_id, payout, name="pplns-current")
+        """The split paid now, for the API and dashboard: written PUBLISH_DELAY seconds later, in its own greenlet,
+        so that turning 5,000 miners into JSON never sits inside a new block's fan-out; a newer job's split
+        replaces one not written yet."""
+        pending = self._publishing is not None
+        self._publishing = (job_id, payout)
+        gevent.spawn_later(WARM_DELAY, payout.record)       # ready before a block found on the job needs it
+        if not pending:
+            gevent.spawn_later(PUBLISH_DELAY, self._publish_latest).link_exception(
+                lambda g: log.error("PPLNS: publishing the current split failed: %r", g.exception))
+
+    def _publish_latest(self) -> None:
+        job_id, payout = self._publishing
+        self._publishing = None
+        self._publish(job_id, payout)
 
     def _publish(self, job_id: str, payout: JobPayout) -> None:
         try:
@@ -342,14 +393,16 @@ class PplnsLedger:
                     "window_shares = %s WHERE id = %s",
                     (window["start"], window["end"], window["total"], window["shares"], row_id))
         positions = {(o["address"], o["fee"]): index for index, o in enumerate(payouts["outputs"])}
-        rows = [(block_hash, self.cluster, m["address"], False, m["weight"], m["credit"], m["balance"], m["paid"],
+        rows = [(m["address"], False, m["weight"], m["credit"], m["balance"], m["paid"],
                  positions.get((m["address"], False))) for m in payouts["miners"]]
-        rows += [(block_hash, self.cluster, o["address"], True, "0", 0, 0, o["amount"], positions[(o["address"], True)])
+        rows += [(o["address"], True, "0", 0, 0, o["amount"], positions[(o["address"], True)])
                  for o in payouts["outputs"] if o["fee"]]
-        if rows:
-            cur.executemany("INSERT INTO block_payouts (block_hash, cluster, address, fee, weight, credit, balance, "
-                            "paid, position) VALUES (%s, %s, %s, %s, %s::numeric, %s, %s, %s, %s) "
-                            "ON CONFLICT DO NOTHING", rows)
+        if rows:        # one statement for every miner (thousands): arrays, not a round trip each
+            columns = list(zip(*rows))
+            cur.execute("INSERT INTO block_payouts (block_hash, cluster, address, fee, weight, credit, balance, paid, "
+                        "position) SELECT %s, %s, * FROM unnest(%s::text[], %s::bool[], %s::numeric[], %s::bigint[], "
+                        "%s::bigint[], %s::bigint[], %s::int[]) ON CONFLICT DO NOTHING",
+                        (block_hash, self.cluster, *[list(column) for column in columns]))
 
     def _move_balances(self, cur, row_id: str, block_hash: str, apply: bool) -> None:
         cur.execute("SELECT balances_applied FROM blocks WHERE id = %s", (row_id,))
