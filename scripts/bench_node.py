@@ -150,9 +150,12 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def seed_pplns(shares: int, payees: int, addresses_file: Path):
+def seed_pplns(shares: int, payees: int, addresses_file: Path, skewed: bool):
     """A PPLNS pool's history before the server starts: `shares` accepted shares of difficulty 1 over `payees`
-    addresses (every one in the window) and a balance for each."""
+    addresses (every one in the window) and balances. Uniform (the worst case: every miner has the same weight
+    and a balance, so every one could be among the payees) or skewed as pools are (shares fall to miner
+    floor(payees x u^3) for u spread over [0, 1): a few big miners, a long tail of small ones, and small balances
+    carried for the tail)."""
     import hashlib
 
     import psycopg2
@@ -168,12 +171,15 @@ def seed_pplns(shares: int, payees: int, addresses_file: Path):
         database.close()
         started = time.monotonic()
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            pick = ("least(floor(%s * power(((g::bigint * 7919) %% 1000003)::float8 / 1000003, 3))::int, %s - 1)"
+                    if skewed else "g %% %s + 0 * %s")
             cur.execute("INSERT INTO pplns_shares (cluster, submitted_at, share_id, address, worker, difficulty) "
-                        "SELECT %s, now() - (%s - g) * interval '1 microsecond', gen_random_uuid(), "
-                        "(%s::text[])[1 + g %% %s], 'seed', 1 FROM generate_series(1, %s) AS g",
-                        (cluster, shares, addresses, payees, shares))
+                        f"SELECT %s, now() - (%s - g) * interval '1 microsecond', gen_random_uuid(), "
+                        f"(%s::text[])[1 + {pick}], 'seed', 1 FROM generate_series(1, %s) AS g",
+                        (cluster, shares, addresses, payees, payees, shares))
             cur.execute("INSERT INTO balances (cluster, address, balance, updated_at) SELECT %s, a, "
-                        "1000 + length(a) * 37, now() FROM unnest(%s::text[]) AS a", (cluster, addresses))
+                        "1000 + (i * 37) %% 9000, now() FROM unnest(%s::text[]) WITH ORDINALITY AS u(a, i) "
+                        "WHERE NOT %s OR i > 100", (cluster, addresses, skewed))
         print(f"seeded {shares} shares over {payees} addresses in {time.monotonic() - started:.1f} s")
 
     return seed
@@ -185,7 +191,7 @@ def bench_newblock(args, work: Path) -> None:
     seed = None
     if args.pplns_shares:
         users = work / "payees.txt"
-        seed = seed_pplns(args.pplns_shares, args.pplns_payees, users)
+        seed = seed_pplns(args.pplns_shares, args.pplns_payees, users, args.pplns_skewed)
         server_args += ["--pplns", "--pplns-window-difficulty", str(args.pplns_shares)]
         load_extra += ["--users", str(users)]
     pool = Pool(work, server_args=server_args, zmq=not args.no_zmq, seed=seed)
@@ -215,9 +221,11 @@ def bench_newblock(args, work: Path) -> None:
         built = [float(x) for x in re.findall(r"clean job \w+, \d+ transactions, built in ([\d.]+) ms", pool.log())][1:]
         print(f"path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} blocks={len(first)} "
               f"reached={min(reached) if reached else 0}"
-              + (f" pplns: {args.pplns_shares} shares over {args.pplns_payees} payees" if args.pplns_shares else ""))
-        print(f"  template -> clean job built (getblocktemplate{' + the PPLNS split' if args.pplns_shares else ''}): "
-              f"median {median(built):.1f} ms")
+              + (f" pplns: {args.pplns_shares} shares over {args.pplns_payees} payees"
+                 f"{' (skewed)' if args.pplns_skewed else ' (uniform)'}" if args.pplns_shares else ""))
+        splits = [float(x) for x in re.findall(r"PPLNS split ([\d.]+) ms", pool.log())][1:]
+        if splits:
+            print(f"  the PPLNS split on the new-block path: median {median(splits):.2f} ms, max {max(splits):.2f} ms")
         print(f"  node announces block -> first miner: median {median(first):.1f} ms, max {max(first):.1f} ms")
         print(f"  node announces block -> last miner:  median {median(last):.1f} ms, max {max(last):.1f} ms")
         print(f"  server-side fan-out of those clean jobs: median {median(fanouts):.1f} ms")
@@ -327,6 +335,8 @@ def main() -> int:
     parser.add_argument("--pplns-shares", type=int, default=0,
                         help="newblock: a PPLNS pool whose window holds this many shares (seeded in the database)")
     parser.add_argument("--pplns-payees", type=int, default=5000, help="... over this many addresses")
+    parser.add_argument("--pplns-skewed", action="store_true",
+                        help="a few big miners and a long tail (as pools are), instead of 5,000 equal ones")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix=f"bench-node-{args.what}-"))
     {"newblock": bench_newblock, "template": bench_template, "submit": bench_submit, "solo": bench_solo}[args.what](

@@ -490,11 +490,12 @@ class Prepared:
         if not self.total:
             return {}
         count, total, scaled, owed = len(self.addresses), self.total, self.scaled, self.owed
-        if shortlist is not None and shortlist.low <= reward <= shortlist.high:
-            indexes = shortlist.indexes
-        else:
-            indexes = range(count)
-        keys = [(distributable * scaled[i] // total + owed[i]) * count + self.ties[i] for i in indexes]
+        if shortlist is not None and shortlist.low <= reward <= shortlist.high and len(shortlist.indexes) < count:
+            keys = [(distributable * scaled[i] // total + owed[i]) * count + self.ties[i] for i in shortlist.indexes]
+        else:       # every miner: C-level passes over the columns
+            dues = map(operator.add, map(operator.floordiv, map(operator.mul, repeat(distributable, count), scaled),
+                                         repeat(total, count)), owed)
+            keys = map(operator.add, map(operator.mul, dues, repeat(count, count)), self.ties)
         paid: dict[str, int] = {}
         room = reward
         for key in heapq.nlargest(max_outputs, keys):            # largest due first, then ascending address

@@ -248,6 +248,8 @@ class NodeWork:
                     parts = sock.recv_multipart()
                     if len(parts) >= 2 and parts[0] == b"hashblock":
                         if parts[1].hex() != self.tip:
+                            if self.payouts is not None:    # is it ours? asked beside the template fetch
+                                self.payouts.prefetch_tip(parts[1].hex())
                             self.tip_changed("zmq")
             except zmq.ZMQError as exc:
                 log.warning("ZMQ %s: %s; reconnecting", endpoint, exc)

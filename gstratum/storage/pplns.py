@@ -21,6 +21,7 @@ import decimal
 import functools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -147,6 +148,7 @@ class PplnsLedger:
         self.balances: dict[str, int] = {}
         self.balances_read = False
         self.unapplied: set[str] = set()             # blocks of ours whose balance changes are not applied yet
+        self._foreign: deque[str] = deque(maxlen=64)   # recent tips with no row of ours: nothing to wait for
         self._applied = gevent.event.Event()         # set whenever a block's balance changes are applied
         self._prepared: pplns.Prepared | None = None
         self._shortlist: pplns.Shortlist | None = None
@@ -174,6 +176,8 @@ class PplnsLedger:
                 self.catch_up(self.target)
             except psycopg2.Error as exc:
                 log.warning("PPLNS: following the window failed (%s); jobs count it as last read", first_line(exc))
+            if self._shortlist is None and self.reward_seen and self._prepared is not None:
+                self._shortlist_ahead()
 
     # -- the window -----------------------------------------------------------------------------------------------
     def _load(self, cur, target: Fraction) -> None:
@@ -258,10 +262,14 @@ class PplnsLedger:
         self._snapshot_at = moment
         self._prepared = pplns.prepare(self._snapshot.weights, self.balances)
         self._shortlist = None
-        if self.reward_seen:        # the next block's reward is near this one: halve it, double it
-            settings = self.settings
-            self._shortlist = self._prepared.shortlist(settings.pool_fee, settings.max_outputs,
-                                                       self.reward_seen // 2, min(self.reward_seen * 2, MAX_REWARD))
+        if self.reward_seen:
+            self._shortlist_ahead()
+
+    def _shortlist_ahead(self) -> None:
+        """The miners that can be paid by the next block's reward, which is near the newest one: half to twice."""
+        settings = self.settings
+        self._shortlist = self._prepared.shortlist(settings.pool_fee, settings.max_outputs, self.reward_seen // 2,
+                                                   min(self.reward_seen * 2, MAX_REWARD))
 
     # -- balances -------------------------------------------------------------------------------------------------
     def _read_balances(self, cur) -> None:
@@ -269,17 +277,35 @@ class PplnsLedger:
         self.balances = {address: int(balance) for address, balance in cur.fetchall()}
         self.balances_read = True
 
+    def prefetch_tip(self, tip: str) -> None:
+        """The node announced `tip` (ZMQ): look its row up now, while the template is being fetched, so the job's
+        split need not wait for the database."""
+        if tip not in self._foreign:
+            gevent.spawn(self._prefetch, tip)
+
+    def _prefetch(self, tip: str) -> None:
+        try:
+            self._tip_unsettled(tip)
+        except psycopg2.Error:
+            pass                                     # the split asks again (and then says why)
+
     def _tip_unsettled(self, tip: str) -> bool:
         """True while `tip` is a block of this pool whose balance changes are not applied yet (pending, or accepted
         and its transaction has not run): a split now would pay balances that block already paid. Memory knows
-        the blocks of this process and those announced on the bus; the row settles it for any other."""
+        the blocks of this process and those announced on the bus; the row settles it for any other (a block
+        with no row, or settled, is remembered: blocks do not become ours later)."""
         if tip in self.unapplied:
             return True
+        if tip in self._foreign:
+            return False
         with self.db.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT status, balances_applied FROM blocks WHERE cluster = %s AND block_hash = %s",
                         (self.cluster, tip))
             row = cur.fetchone()
-        if row is None or row[1] or row[0] not in (BlockStatus.PENDING.value, BlockStatus.SUBMITTED.value):
+        if row is None:
+            self._foreign.append(tip)
+            return False
+        if row[1] or row[0] not in (BlockStatus.PENDING.value, BlockStatus.SUBMITTED.value):
             return False
         self.unapplied.add(tip)
         return True
