@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Bare share validation throughput on one core: Session.submit end to end in memory (parse, job lookup, ntime,
-duplicate check, coinbase + merkle + header double SHA-256, target compare, row built), no sockets, no database.
+"""Bare share validation throughput on one core, in memory (no sockets, no database): V1, a JSON line through
+Session (parse, hex, job lookup, ntime, duplicate ledger, coinbase + merkle + header double SHA-256, target, row,
+the encoded reply); V2, the same shares as encrypted SubmitSharesStandard frames through the Noise transport, the
+codec and Sv2Session (decrypt, decode, the same core; acknowledged in batches of --ack-batch, each Success encoded
+and encrypted). The same core does the same work for both: the difference is each protocol's own cost.
 
-    .venv/bin/python scripts/bench_validation.py --shares 100000 --fake-txs 8
+    .venv/bin/python scripts/bench_validation.py --shares 100000 --fake-txs 8 --protocol both
 """
 from __future__ import annotations
 
@@ -31,14 +34,66 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shares", type=int, default=100_000)
     parser.add_argument("--fake-txs", type=int, default=8, help="merkle branch of log2(N+1) steps")
+    parser.add_argument("--protocol", choices=["v1", "v2", "both"], default="v1")
+    parser.add_argument("--ack-batch", type=int, default=10, help="V2: shares acknowledged by one Success")
     args = parser.parse_args()
+    if args.protocol in ("v1", "both"):
+        bench_v1(args)
+    if args.protocol in ("v2", "both"):
+        bench_v2(args)
+
+
+def core_for(args):
     rows = []
+
     book = JobBook()
     source = RandomJobSource(fake_txs=args.fake_txs)
     book.add(source.next_job(True))
     core = MiningCore(jobs=book, ledger=ShareLedger(book.prevhashes), recorder=Recorder(rows.append, "b"),
                       metrics=Metrics(), stats=PoolStats())
-    services = Services(core=core, difficulty=1e-12)  # every hash meets it: the full accept path runs each time
+    return core, book, Services(core=core, difficulty=1e-12)   # every hash meets it: the full accept path each time
+
+
+def bench_v2(args) -> None:
+    from gstratum.protocol.sv2 import codec
+    from gstratum.protocol.sv2.certificate import ServerIdentity
+    from gstratum.protocol.sv2.noise import NoiseInitiator, NoiseResponder
+    from gstratum.protocol.sv2.session import Sv2Session
+
+    core, book, services = core_for(args)
+    session = Sv2Session(services, "0" * 32)
+    initiator, responder = NoiseInitiator(None), NoiseResponder(ServerIdentity.create(bytes(31) + b"\1", 0))
+    initiator.receive(responder.receive(initiator.start()))
+    miner, pool = initiator.connection(), responder.connection()
+    session.receive(codec.SetupConnection(0, 2, 2, 0, "", 0, "", "", "", ""))
+    opened = session.receive(codec.OpenStandardMiningChannel(1, "w", 0.0, b"\xff" * 32))
+    session.complete_open(opened.pending, 7)
+    job = book.current
+    wire = [miner.encrypt(codec.encode_frame(codec.SubmitSharesStandard(1, i, job.seq, i * 7, job.ntime_int,
+                                                                        job.version_int)))
+            for i in range(args.shares)]
+    start_cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    started = time.perf_counter()
+    feed, decode, receive, take_acks, encrypt = pool.feed, codec.decode, session.receive, session.take_acks, \
+        pool.encrypt
+    shares = acks = 0
+    for index, data in enumerate(wire):
+        for frame in feed(data):
+            shares += len(receive(decode(frame)).rows)
+        if index % args.ack_batch == args.ack_batch - 1:
+            for ack in take_acks():
+                encrypt(ack)
+                acks += 1
+    elapsed = time.perf_counter() - started
+    cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime - start_cpu
+    assert shares == args.shares and acks == args.shares // args.ack_batch, (shares, acks)
+    print(f"V2 {args.shares} shares (branch {len(job.merkle_branch)} steps, one Success per {args.ack_batch}): "
+          f"{args.shares / elapsed:,.0f} shares/s, {cpu / args.shares * 1e6:.1f} us CPU per share")
+
+
+def bench_v1(args) -> None:
+
+    core, book, services = core_for(args)
     session = Session(services, "0" * 32)
     resolve = Subscriptions(MemoryAllocator()).resolve
     handle_line(session, b'{"id":1,"method":"mining.subscribe","params":[]}', resolve)
@@ -58,7 +113,7 @@ def main() -> None:
     cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime - start_cpu
     assert b'"result":true' in output.send[0], output.send
     assert shares == args.shares
-    print(f"{args.shares} shares (branch {len(job.merkle_branch)} steps): {args.shares / elapsed:,.0f} shares/s, "
+    print(f"V1 {args.shares} shares (branch {len(job.merkle_branch)} steps): {args.shares / elapsed:,.0f} shares/s, "
           f"{cpu / args.shares * 1e6:.1f} us CPU per share")
 
 
