@@ -384,3 +384,41 @@ def test_mining_stops_on_reconnect():
         pool.send(codec.Reconnect("", 0))
         report = mine(client, channel, duration=10)
         assert report.stopped == "reconnect" and report.seconds < 5
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+
+@pytest.mark.integration
+@pytest.mark.parametrize("channel", ["standard", "extended"])
+def test_the_client_command_mines_over_v2(honest_pool, channel):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    pool, port = honest_pool(target=easy_target(1e-6), batch=2)
+    result = subprocess.run([sys.executable, "-m", "gstratum", "client", "--protocol", "v2", "--url",
+                             f"stratum2+tcp://127.0.0.1:{port}/{AUTHORITY_KEY}", "--user", "alice.rig", "--channel",
+                             channel, "--mine", "--duration", "2", "--version-rolling", "--firmware-limits"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "authority key pinned" in result.stdout and f"channel: {channel} id=7" in result.stdout
+    assert " BLOCK in " in result.stdout and ": accepted" in result.stdout and "REJECTED" not in result.stdout
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("accepted=") and " rejected=0 " in summary and "unanswered=0" in summary
+    assert int(summary.split()[0].split("=")[1]) == len(pool.verdicts) > 0
+
+
+@pytest.mark.integration
+def test_the_client_command_refuses_the_wrong_authority_key(honest_pool):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    _, port = honest_pool(target=easy_target(1e-6))
+    other = encode_authority_public_key(crypto.xonly_public_key(bytes.fromhex("33" * 32)))
+    result = subprocess.run([sys.executable, "-m", "gstratum", "client", "--protocol", "v2", "--url",
+                             f"127.0.0.1:{port}", "--authority-pubkey", other], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 3 and "does not verify under the pinned authority key" in result.stderr
