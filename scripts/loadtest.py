@@ -549,7 +549,8 @@ def markdown(result: dict) -> str:
              f"{result['drops']} / {result['errors']} / {result['connect_failures']}"),
             ("rejected by code", ", ".join(f"{k} {v}" for k, v in sorted(result["rejected_by_code"].items())) or "-"),
             ("load tool CPU per handshake, ramp (us) / handshakes per CPU second",
-             f"{fmt(result.get('client_cpu_us_per_handshake'))} / {fmt(result.get('client_handshakes_per_cpu_second'))}")]
+             " / ".join(fmt(result.get(k)) for k in ("client_cpu_us_per_handshake",
+                                                      "client_handshakes_per_cpu_second")))]
     if result["protocol"] == "v2":
         def p3(name):
             return " / ".join(fmt(result[name][k]) for k in ("p50", "p99", "max"))
@@ -709,7 +710,7 @@ def main() -> int:
     parser.add_argument("--users", help="a file of user names (e.g. solo payout addresses), one per line, used in turn "
                                         "instead of --worker-prefix")
     parser.add_argument("--protocol", choices=["v1", "v2"], default="v1",
-                        help="v2: Stratum V2 miners (Noise, binary frames) on the server's --sv2-port (give it as --port)")
+                        help="v2: Stratum V2 miners (Noise, binary frames) on the server's --sv2-port (as --port)")
     parser.add_argument("--channel", choices=["standard", "extended"], default="standard",
                         help="V2: the channel each miner opens (--configure: roll versions inside 1fffe000)")
     parser.add_argument("--authority-pubkey", help="V2: pin the pool's authority key (costs a Schnorr check per miner)")

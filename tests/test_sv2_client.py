@@ -422,3 +422,45 @@ def test_the_client_command_refuses_the_wrong_authority_key(honest_pool):
                              f"127.0.0.1:{port}", "--authority-pubkey", other], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 3 and "does not verify under the pinned authority key" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["standard", "extended"])
+def test_loadtest_v2_against_the_bare_v2_responder(tmp_path, kind):
+    """The load tool's V2 mode end to end against scripts/bench_baseline_sv2.py (acknowledging in batches), which
+    needs no server: handshakes split into their parts, new blocks reaching every miner, batched acks matched."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, free_port
+
+    port = free_port()
+    responder = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_baseline_sv2.py"), "--port", str(port),
+                                  "--block-interval", "1", "--ack-delay", "0.1", "--difficulty", "1e-7"],
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        ready = responder.stdout.readline()
+        assert "listening" in ready, ready
+        key = ready.split("authority ")[1].strip()
+        out = tmp_path / "report.json"
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--protocol", "v2",
+                                 "--channel", kind, "--port", str(port), "--miners", "100", "--procs", "2", "--ramp",
+                                 "200", "--duration", "3", "--share-rate", "1", "--pipeline", "2", "--configure",
+                                 "--authority-pubkey", key, "--json", str(out), "--server-pid", str(responder.pid)],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        responder.kill()
+        responder.wait()
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["subscribed"] == report["handshakes"] == 100, report["errors_sample"]
+    assert report["errors"] == report["drops"] == report["connect_failures"] == 0, report["errors_sample"]
+    # every share the miners sent was answered; a block change may make some stale at a real pool, never here
+    assert report["shares_accepted"] > 0 and report["shares_rejected"] == 0 and report["unanswered_shares"] == 0
+    assert report["jobs_reaching_all"] >= 1 and all(j["job_id"].startswith("block ") for j in report["jobs"])
+    for part in ("connect_ms", "noise_ms", "setup_ms", "handshake_ms"):
+        assert report[part]["p50"] > 0, part
+    assert report["setup_ms"]["p50"] <= report["handshake_ms"]["p50"]
+    assert report["noise_cpu_us"]["p50"] > 0 and report["client_cpu_us_per_handshake"] > 0
+    assert "Noise handshake alone" in result.stdout and "| miners subscribed | 100 / 100 |" in result.stdout
