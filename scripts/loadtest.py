@@ -9,7 +9,17 @@ server at a tiny difficulty, e.g. --difficulty 0.000001, so a share takes a few 
 The parent prints a progress line every second and ends with a report (Markdown, `--json`, `--plot`).
 It only talks to the address it is given, refuses non-loopback targets unless --allow-remote, and stops by itself.
 
+`--protocol v2` (`--port` the pool's --sv2-port): Stratum V2 miners as the Bitaxe firmware behaves (gstratum's V2
+client library): the Noise handshake (each miner's key made before the ramp unless --no-prepare-keys; pinned with
+--authority-pubkey), SetupConnection, one `--channel standard|extended`, real shares (versions rolled inside
+1fffe000 with --configure). The report splits the handshake (TCP connect, Noise, -> SetupConnection.Success,
+-> channel open), counts a job's arrival at SetNewPrevHash (keyed by the new block's hash) or at a job active at once
+(keyed by its id), ends a share's round trip at the answer covering it (SubmitShares.Success may be batched), and
+gives rejections by code. Both protocols report the load tool's own CPU per handshake (its processes' CPU up to the
+moment all their miners were in): on a shared box the tool's cost must be known beside the server's.
+
     .venv/bin/python scripts/loadtest.py --port 3333 --miners 10000 --ramp 1000 --duration 60 --src-ips 8
+    .venv/bin/python scripts/loadtest.py --protocol v2 --port 3336 --miners 10000 --ramp 250 --duration 60 --src-ips 8
 """
 from __future__ import annotations
 
