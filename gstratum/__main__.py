@@ -227,6 +227,23 @@ def cmd_blocknotify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sv2_key(args: argparse.Namespace) -> int:
+    """The authority public key of --sv2-authority-key, in the encoding SRI and the firmware take for their
+    `authority_pubkey` setting (the key is made, mode 0600, when the file is missing)."""
+    from gstratum.protocol.sv2.errors import KeyFormatError
+    from gstratum.protocol.sv2.keys import authority_public_key_string, load_or_create_authority_key
+
+    try:
+        secret, created = load_or_create_authority_key(str(args.sv2_authority_key))
+    except (OSError, KeyFormatError) as exc:
+        print(f"sv2-key: {args.sv2_authority_key}: {exc}", file=sys.stderr)
+        return 1
+    if created:
+        print(f"sv2-key: created {args.sv2_authority_key} (mode 0600)", file=sys.stderr)
+    print(authority_public_key_string(secret))
+    return 0
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     from gstratum.client.cli import run
 
@@ -268,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     blocknotify.add_argument("--pgdata", type=Path, default=Path(".gstratum/pgdata"))
     blocknotify.add_argument("--cluster", default=os.environ.get("GSTRATUM_CLUSTER", "gstratum"))
     blocknotify.set_defaults(func=cmd_blocknotify)
+    sv2_key = sub.add_parser("sv2-key", help="print the Stratum V2 authority public key miners pin")
+    sv2_key.add_argument("--sv2-authority-key", dest="sv2_authority_key", type=Path,
+                         default=Path(os.environ.get("GSTRATUM_SV2_AUTHORITY_KEY", ".gstratum/sv2-authority.key")))
+    sv2_key.set_defaults(func=cmd_sv2_key)
     maintain = sub.add_parser("maintain", help="create and drop daily share partitions (run as the table owner)")
     ops_cli.add_maintain_flags(maintain)
     maintain.set_defaults(func=ops_cli.run_maintain)

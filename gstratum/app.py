@@ -32,12 +32,14 @@ from gstratum.node.rpc import NodeClient, Nodes
 from gstratum.node.blocks import BlockKeeper, BlockSubmitter
 from gstratum.node.work import NodeWork
 from gstratum.net.server import Port, StratumServer
+from gstratum.net.sv2 import Sv2Identity
 from gstratum.ops import http
 from gstratum.ops.admin import AdminActions
 from gstratum.ops.metrics import Metrics
 from gstratum.ops.stats import PoolStats
 from gstratum.ops.tuning import watch_loop
 from gstratum.protocol.session import Services, Session
+from gstratum.protocol.sv2.session import Sv2Session
 from gstratum.mining.vardiff import VardiffPolicy
 from gstratum.storage.allocator import SequenceAllocator
 from gstratum.storage.blocks import BlockFiles, BlockLedger
@@ -113,13 +115,17 @@ class Pool:
                             vardiff=vardiff, payout_for=self._solo_payout if cfg.solo else None,
                             login_address=self._pplns_login if cfg.pplns else None)
         ports = []
-        for spec, (sock, tls) in zip(cfg.listeners(), listeners):   # each port: its own difficulty bounds
+        specs = cfg.listeners()
+        self.sv2_identity = Sv2Identity(cfg.sv2_authority_key, int(cfg.sv2_cert_validity)) \
+            if any(spec.protocol == "sv2" for spec in specs) else None
+        for spec, (sock, tls) in zip(specs, listeners):   # each port: its own difficulty bounds and protocol
             port_services = dataclasses.replace(services, difficulty=spec.difficulty, vardiff=dataclasses.replace(
                 vardiff, min_difficulty=spec.min_difficulty))
-            ports.append(Port(sock, functools.partial(Session, port_services), tls))
+            front_end = Sv2Session if spec.protocol == "sv2" else Session   # V1 and V2: one core, two front ends
+            ports.append(Port(sock, functools.partial(front_end, port_services), tls, spec.protocol))
         self.server = StratumServer(cfg, ports, self.recorder, self.metrics, vardiff,
                                     Subscriptions(self.allocator, self.resumption), self.share_ledger,
-                                    self._on_block, self.resumption, loops=self.loops)
+                                    self._on_block, self.resumption, loops=self.loops, sv2_identity=self.sv2_identity)
         source = RandomJobSource(extranonce_size=8 + cfg.extranonce2_size, nbits=int(cfg.nbits, 16),
                                  fake_txs=cfg.fake_txs, payout_script=bytes.fromhex(cfg.payout_script),
                                  witness_commitment=bool(cfg.witness_commitment))
@@ -170,6 +176,11 @@ class Pool:
         self._running.append(self.db.close)
         self._wait_for_database()
         self.retention.ensure_partitions()   # before the first share, so none lands in shares_default
+        if self.sv2_identity is not None:
+            if self.sv2_identity.load():
+                log.warning("Stratum V2 authority key created in %s (mode 0600): miners pin its public key, "
+                            "`python -m gstratum sv2-key --sv2-authority-key %s`", self.config.sv2_authority_key,
+                            self.config.sv2_authority_key)
         work = self.node_work if self.node_work is not None else self.job_stream
         # the block submitter before the work: blocks left pending by a previous process are resubmitted at once
         submitter = (self.submitter,) if self.submitter is not None else ()

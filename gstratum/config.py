@@ -30,6 +30,7 @@ class ListenSpec:
     min_difficulty: float | None = None    # default: the pool's --min-difficulty
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    protocol: str = "v1"                    # "v1" (JSON lines) or "sv2" (Stratum V2: Noise, binary frames)
 
     @property
     def tls(self) -> bool:
@@ -111,6 +112,9 @@ class Config:
     max_template_age: float = 120.0   # older than this, the node's work is not fresh: not ready
     block_poll: float = 1.0           # getbestblockhash every this many seconds, beside ZMQ
     block_keeper_interval: float = 60.0   # seconds between the leader's checks of accepted blocks (confirmed/orphaned)
+    sv2_port: int = 0                 # Stratum V2 on its own port (0: off), beside V1
+    sv2_authority_key: Path = Path(".gstratum/sv2-authority.key")   # made with mode 0600 when missing
+    sv2_cert_validity: float = 3600.0     # seconds a server certificate is valid (renewed at half of it)
     listen: tuple[ListenSpec, ...] = ()   # [[listen]] tables of the config file; empty: one port, host/port
 
     def __post_init__(self) -> None:
@@ -168,8 +172,13 @@ class Config:
                "must be > 0 and below max_template_age")
         _check(self.block_poll > 0, "block_poll", "must be > 0")
         _check(self.block_keeper_interval > 0, "block_keeper_interval", "must be > 0")
+        _check(0 <= self.sv2_port <= 65535, "sv2_port", "must be 0..65535")
+        _check(60 <= self.sv2_cert_validity <= 2**31, "sv2_cert_validity", "must be at least 60 seconds")
         for spec in self.listen:
             _check(0 <= spec.port <= 65535, "listen.port", f"{spec.port} must be 0..65535")
+            _check(spec.protocol in ("v1", "sv2"), "listen.protocol", f"port {spec.port}: v1 or sv2")
+            _check(not (spec.protocol == "sv2" and spec.tls), "listen",
+                   f"port {spec.port}: Stratum V2 is encrypted by its own Noise protocol, not TLS")
             _check((spec.tls_cert is None) == (spec.tls_key is None), "listen", "tls_cert and tls_key go together")
             _check(not (spec.tls and self.proxy_protocol), "listen",
                    f"port {spec.port}: TLS with --proxy-protocol is not supported (terminate TLS at the balancer)")
@@ -189,9 +198,11 @@ class Config:
     def listeners(self) -> tuple[ListenSpec, ...]:
         """Every Stratum port, each with its difficulty bounds filled in from the pool's."""
         specs = self.listen or (ListenSpec(self.host, self.port),)
+        if self.sv2_port:
+            specs = (*specs, ListenSpec(self.host, self.sv2_port, protocol="sv2"))
         return tuple(ListenSpec(s.host, s.port, s.difficulty if s.difficulty is not None else self.difficulty,
                                 s.min_difficulty if s.min_difficulty is not None else self.min_difficulty,
-                                s.tls_cert, s.tls_key) for s in specs)
+                                s.tls_cert, s.tls_key, s.protocol) for s in specs)
 
 
 
@@ -319,7 +330,7 @@ def _listen_tables(path: Path, tables) -> tuple[ListenSpec, ...]:
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{path}: listen must be [[listen]] tables")
     kinds = {"host": str, "port": int, "difficulty": (int, float), "min_difficulty": (int, float), "tls_cert": str,
-             "tls_key": str}
+             "tls_key": str, "protocol": str}
     specs = []
     for number, table in enumerate(tables, 1):
         for key, raw in table.items():
@@ -448,6 +459,13 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-template-age", dest="max_template_age", type=float,
         help="seconds after which the node's work counts as stale: readiness turns false (default 120)")
     add("--block-poll", dest="block_poll", type=float, help="getbestblockhash poll interval in seconds (default 1)")
+    add("--sv2-port", dest="sv2_port", type=int,
+        help="serve Stratum V2 (Noise-encrypted, binary) on this port beside V1 (default 0: off)")
+    add("--sv2-authority-key", dest="sv2_authority_key", type=Path,
+        help="the pool's authority secret key: 64 hex characters (or SRI's base58check secret), made with mode "
+             "0600 when missing (default .gstratum/sv2-authority.key); `gstratum sv2-key` prints its public key")
+    add("--sv2-cert-validity", dest="sv2_cert_validity", type=float,
+        help="seconds a V2 server certificate is valid; renewed at half of it (default 3600)")
     add("--block-keeper-interval", dest="block_keeper_interval", type=float,
         help="seconds between the cluster leader's checks of accepted blocks: confirmed 100 deep, orphaned, back "
              "(default 60)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Before/after/bare, same hour (a commit REV in a git worktree, this tree, scripts/bench_baseline.py): handshake CPU at a 1,000/s ramp (no broadcast in the ramp) and 10,000-miner fan-out.
+# Before/after/bare, same hour (a commit REV in a git worktree, this tree, scripts/bench_baseline.py): handshake CPU at a 1,000/s ramp (no broadcast in the ramp), 10,000-miner fan-out, and accepted shares per second with the server's CPU per share (1,000 miners, 20 shares/s each, vardiff off).
 set -u
 MAIN="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; PY=$MAIN/.venv/bin/python; REV=${1:?usage: scripts/bench_compare.sh REV (the commit to compare with)}
 BEFORE=$(mktemp -d)/before
@@ -22,11 +22,14 @@ run() {  # name dir interval extra...
   pid=$!; sleep 4
   echo "$pid $port"
 }
-for what in handshake fanout; do
+for what in handshake fanout shares; do
   for name in before after bare; do
     dir=$MAIN; [ $name = before ] && dir=$BEFORE
-    if [ $what = handshake ]; then read pid port < <(run $name $dir 60); args="--duration 3"; else read pid port < <(run $name $dir 5); args="--duration 40"; fi
-    $PY $MAIN/scripts/loadtest.py --port $port --miners 10000 --procs 2 --ramp 1000 $args --src-ips 8 --server-pid $pid --json /tmp/speed-$what-$name.json > /dev/null 2>&1
+    miners=10000
+    if [ $what = handshake ]; then read pid port < <(run $name $dir 60); args="--duration 3"
+    elif [ $what = fanout ]; then read pid port < <(run $name $dir 5); args="--duration 40"
+    else read pid port < <(run $name $dir 30 --vardiff 0); miners=1000; args="--duration 20 --share-rate 20"; fi
+    $PY $MAIN/scripts/loadtest.py --port $port --miners $miners --procs 2 --ramp 1000 $args --src-ips 8 --server-pid $pid --json /tmp/speed-$what-$name.json > /dev/null 2>&1
     kill $pid; wait $pid 2>/dev/null
     $PY - "$what" "$name" <<'PYEOF'
 import json, re, sys, statistics
@@ -35,7 +38,8 @@ r = json.load(open(f"/tmp/speed-{what}-{name}.json"))
 log = open(f"/tmp/speed-{name}.log").read()
 fan = [(float(a), float(b)) for a, b in re.findall(r"miners=10000 fanout=([\d.]+)ms cpu=([\d.]+)ms", log)]
 print(f"{what:9} {name:6} subscribed={r['subscribed']} hs_p50={r['handshake_ms']['p50']} hs_p99={r['handshake_ms']['p99']} "
-      f"cpu_us/handshake={r.get('server_cpu_us_per_handshake')} fanouts={len(fan)} "
+      f"cpu_us/handshake={r.get('server_cpu_us_per_handshake')} shares/s={r.get('shares_per_second')} "
+      f"cpu_us/share={r.get('server_cpu_us_per_share_after_ramp')} fanouts={len(fan)} "
       f"fanout_wall_median={statistics.median([f for f,_ in fan]) if fan else '-'} fanout_cpu_median={statistics.median([c for _,c in fan]) if fan else '-'}")
 PYEOF
   done

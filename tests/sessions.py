@@ -20,7 +20,7 @@ class Harness:
 
     def __init__(self, difficulty: float = 1.0, clock=None, nbits: int = 0x1D00FFFF,
                  vardiff: VardiffPolicy | None = None, payout_for=None, extranonce2_size: int = 4,
-                 fake_txs: int = 0) -> None:
+                 fake_txs: int = 0, login_address=None) -> None:
         self.clock = clock
         self.rows: list[tuple[str, tuple]] = []
         self.blocks: list = []
@@ -36,6 +36,7 @@ class Harness:
                                network_target=lambda job: bitcoin.target_from_nbits(int(job.nbits, 16)))
         self.services = Services(core=self.core, difficulty=difficulty, extranonce2_size=extranonce2_size,
                                  vardiff=vardiff or VardiffPolicy(enabled=False), payout_for=payout_for,
+                                 login_address=login_address,
                                  **({"clock": clock} if clock else {}))
         self.subscriptions = Subscriptions(MemoryAllocator())
 

@@ -86,6 +86,7 @@ def test_api_agrees_with_the_database(start_server, db):
 
 
 def test_admin_actions_reach_the_right_miners_and_need_the_token(start_server, db):
+    (started,), = query(db, "SELECT now()")        # this test's actions only (an earlier run's are in the table)
     server = start_server("--notify-interval", "30", env={"GSTRATUM_ADMIN_TOKEN": TOKEN})
     with StratumClient(server.host, server.port) as alice, StratumClient(server.host, server.port) as bob:
         for client, name in ((alice, "alice.rig"), (bob, "bob.rig")):
@@ -109,9 +110,9 @@ def test_admin_actions_reach_the_right_miners_and_need_the_token(start_server, d
             while True:
                 alice.read_message(5)
         assert bob.authorize("bob.rig") is True
-    actions = wait_until(lambda: query(db, "SELECT action, target FROM admin_actions WHERE acted_at > now() - "
-                                           "interval '1 minute' ORDER BY acted_at"), lambda rows: len(rows) >= 4)
-    assert [a for a, _ in actions][-4:] == ["message", "difficulty", "reconnect", "disconnect"]
+    actions = wait_until(lambda: query(db, "SELECT action, target FROM admin_actions WHERE acted_at >= %s "
+                                           "ORDER BY acted_at", started), lambda rows: len(rows) >= 4)
+    assert [a for a, _ in actions] == ["message", "difficulty", "reconnect", "disconnect"]
 
 
 def test_admin_endpoints_are_off_without_a_token(server):

@@ -171,6 +171,11 @@ class MiningCore:
         return self._rejected(channel, worker, job_id, StratumCode.OTHER, message, channel.difficulty, None, now,
                               (None, None, None, None))
 
+    def stale(self, channel: Channel, worker: str, job_id: str, now: float) -> ShareOutcome:
+        """A share on a job no longer live (a front end that can tell stale from unknown: V2's numbered jobs)."""
+        return self._rejected(channel, worker, job_id, StratumCode.JOB_NOT_FOUND, "Job not found (stale)",
+                              channel.difficulty, None, now, (None, None, None, None))
+
     def unauthorized(self, code: int) -> None:
         """A share from a connection that has not subscribed (25) or a worker it never authorized (24): counted,
         never stored. Such shares are nobody's work, and a row each would let one client grow the shares table

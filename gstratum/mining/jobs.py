@@ -40,6 +40,7 @@ class Job:
     coinbase_for: Callable[[bytes], tuple[bytes, bytes]] | None = field(default=None, repr=False)   # solo
     payout: object = field(default=None, repr=False)      # PPLNS: the split its coinbase pays (storage.pplns.JobPayout)
     _lines: dict = field(default_factory=dict, repr=False)
+    encoded: dict = field(default_factory=dict, repr=False)   # other encodings, once per job (Stratum V2 frames)
     _template: object = field(default=None, repr=False)
     _variants: dict = field(default_factory=dict, repr=False)
 
@@ -57,7 +58,8 @@ class Job:
                 old, new = f'"{self.coinb2}"'.encode(), f'"{coinb2}"'.encode()
                 lines = {clean: line.replace(old, new, 1) for clean, line in self._lines.items()}
             variant = self._variants[script] = dataclasses.replace(
-                self, coinb1=coinb1, coinb2=coinb2, coinbase_for=None, _lines=lines, _template=None, _variants={})
+                self, coinb1=coinb1, coinb2=coinb2, coinbase_for=None, _lines=lines, _template=None, _variants={},
+                encoded={})
         return variant
 
     def notify_params(self, clean_jobs: bool | None = None) -> list:
@@ -188,6 +190,20 @@ class JobBook:
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
+
+    def by_seq(self, seq: int) -> Job | None:
+        """The live job of that sequence number (Stratum V2 names jobs by a u32: ours is the sequence)."""
+        for job in reversed(self._jobs.values()):
+            if job.seq == seq:
+                return job
+            if job.seq < seq:
+                return None
+        return None
+
+    @property
+    def oldest_seq(self) -> int:
+        """The sequence number of the oldest live job (latest_seq + 1 when there is none)."""
+        return next(iter(self._jobs.values())).seq if self._jobs else self.latest_seq + 1
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._jobs

@@ -199,6 +199,11 @@ class Connection:
         if out:
             self.outbox.send(out[0] if len(out) == 1 else b"".join(out))
 
+    def deliver(self, lines: list[bytes]) -> None:
+        """Send whole lines (an operator's retarget), in one write."""
+        if lines:
+            self.outbox.send(b"".join(lines))
+
     def _meter(self) -> None:
         """Charge what this read cost; slow the connection down past the soft limit, close it past the hard one."""
         session = self.session

@@ -17,6 +17,8 @@ from gevent.server import StreamServer
 
 from gstratum.config import Config
 from gstratum.net.connection import SHUTDOWN, Connection
+from gstratum.net.sv2 import Sv2Connection, Sv2Identity
+from gstratum.protocol.sv2 import codec
 from gstratum.net.tls import TlsContext
 from gstratum.greenlets import LoggedPool, Loops, spawn_logged
 from gstratum.protocol.limits import CostPolicy
@@ -28,6 +30,7 @@ from gstratum.protocol import rpc
 log = logging.getLogger(__name__)
 
 FANOUT_CHUNK = 512   # sends between yields in a broadcast (~5-10 ms of work on loopback)
+SV2_ACK_INTERVAL = 0.1   # seconds: accepted V2 shares are acknowledged in batches, one Success per channel
 
 
 def _keep_alive(sock, idle: float) -> None:
@@ -54,8 +57,9 @@ class Port:
     the factory of its sessions (its own start difficulty) and, for stratum+ssl, its TLS context."""
 
     sock: object
-    session_factory: Callable          # (connection id, remote address) -> Session
+    session_factory: Callable          # (connection id, remote address) -> Session (V1) or Sv2Session (V2)
     tls: TlsContext | None = None
+    protocol: str = "v1"               # "v1": Stratum V1 (JSON lines); "sv2": Stratum V2 (Noise, binary frames)
 
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -67,7 +71,7 @@ class StratumServer:
 
     def __init__(self, config: Config, ports: list[Port], recorder, metrics, vardiff: VardiffPolicy,
                  subscriptions, ledger, on_block: Callable, resumption=None, clock=time.time,
-                 loops: Loops | None = None) -> None:
+                 loops: Loops | None = None, sv2_identity: Sv2Identity | None = None) -> None:
         self.config = config
         self.loops = loops if loops is not None else Loops()
         self.vardiff = vardiff
@@ -80,8 +84,11 @@ class StratumServer:
         self.ledger = ledger                        # gstratum.mining.ledger.ShareLedger: hand-overs at close
         self.found_block = on_block                 # a FoundBlock -> submitted (or recorded as a candidate)
         self.resumption = resumption                # gstratum.storage.resumption.Resumption, or None
+        self.sv2_identity = sv2_identity           # the V2 ports' authority key and certificate
         self.connections: set[Connection] = set()
-        self.subscribed: set[Connection] = set()
+        self.subscribed: set[Connection] = set()   # V1 miners that subscribed: the fan-out's shared line
+        self.sv2: set[Sv2Connection] = set()       # V2 miners with a channel open: frames of their own
+        self._unacked: set[Sv2Connection] = set()  # V2 miners with accepted shares to acknowledge
         self.writers = gevent.pool.Group()  # outbox flushers of miners whose socket buffer was full
         self.handlers = LoggedPool(config.max_connections + 256)  # headroom so over-cap connections can be refused
         self._servers: list[StreamServer] = []
@@ -89,6 +96,7 @@ class StratumServer:
         self.proxy_sources = proxy_protocol.TrustedSources(config.proxy_from)
         self.per_ip: dict[str, int] = {}
         self._sweeper = None
+        self._acker = None
         self._broadcasting = gevent.lock.Semaphore()
 
     @property
@@ -105,8 +113,11 @@ class StratumServer:
             server = StreamServer(port.sock, functools.partial(self._handle, port), spawn=self.handlers)
             server.start()
             self._servers.append(server)
-            log.info("stratum%s listening on %s:%d", "+ssl" if port.tls else "", *port.sock.getsockname()[:2])
+            log.info("stratum%s listening on %s:%d", {"sv2": " v2"}.get(port.protocol, "+ssl" if port.tls else ""),
+                     *port.sock.getsockname()[:2])
         self._sweeper = self.loops.spawn("sweeper", self._sweep_forever)
+        if any(port.protocol == "sv2" for port in self.ports):
+            self._acker = self.loops.spawn("sv2-acks", self._acknowledge_forever)
 
     def dropped(self, reason: str) -> None:
         self.metrics.drop(reason)
@@ -181,17 +192,36 @@ class StratumServer:
                 return
         connection_id = self.recorder.new_id()
         session = port.session_factory(connection_id, remote_addr)
-        conn = Connection(self, sock, address, connection_id, session, tls=port.tls is not None)
+        if port.protocol == "sv2":
+            conn = Sv2Connection(self, sock, address, connection_id, session, self.sv2_identity)
+        else:
+            conn = Connection(self, sock, address, connection_id, session, tls=port.tls is not None)
         self.connections.add(conn)
         self.recorder.connection_opened(connection_id, remote_addr, remote_port, local_port)
         log.debug("connected %s from %s:%d", connection_id, remote_addr, remote_port)
         conn.serve(initial)
 
-    def now_subscribed(self, conn: Connection) -> None:
+    def now_subscribed(self, conn) -> None:
         if conn in self.connections:
+            if isinstance(conn, Sv2Connection):
+                self.sv2.add(conn)
+                return
             self.subscribed.add(conn)
             if self.resumption is not None:
                 self.resumption.register(conn.session.session_id, conn)
+
+    def acknowledge_later(self, conn: Sv2Connection) -> None:
+        """A V2 miner has accepted shares to acknowledge: one SubmitShares.Success per channel goes out with the
+        next round of the acknowledging loop (every SV2_ACK_INTERVAL), covering every share accepted meanwhile."""
+        self._unacked.add(conn)
+
+    def _acknowledge_forever(self) -> None:
+        while True:
+            gevent.sleep(SV2_ACK_INTERVAL)
+            if self._unacked:
+                waiting, self._unacked = self._unacked, set()
+                for conn in waiting:
+                    conn.deliver(conn.session.take_acks())
 
     def forget(self, conn: Connection) -> None:
         """Called once when a connection's serve loop ends."""
@@ -200,9 +230,12 @@ class StratumServer:
             self.resumption.unregister(conn.session.session_id, conn)
         self._release_ip(conn.address[0])
         self.subscribed.discard(conn)
+        self.sv2.discard(conn)
+        self._unacked.discard(conn)
         reason = conn.close_reason or "closed"
         session = conn.session
-        live = self.ledger.accepted_of(session.channel.extranonce1) if session.subscribed else None
+        live = self.ledger.accepted_of(session.channel.extranonce1) \
+            if session.subscribed and isinstance(conn, Connection) else None
         self.recorder.connection_closed(conn.id, reason, session.requests, live)
         log.debug("disconnected %s: %s", conn.id, reason)
 
@@ -261,10 +294,17 @@ class StratumServer:
                         conn.outbox.send(line)
                 cpu += time.process_time() - cpu_started
                 gevent.sleep(0)
+            v2 = list(self.sv2)          # V2: each channel's frames (a standard channel's merkle root is its own)
+            for first in range(0, len(v2), FANOUT_CHUNK):
+                cpu_started = time.process_time()
+                for conn in v2[first:first + FANOUT_CHUNK]:
+                    conn.deliver(conn.session.job_frames(job))
+                cpu += time.process_time() - cpu_started
+                gevent.sleep(0)
             elapsed = time.perf_counter() - started
-        log.info("notify job=%s clean=%s miners=%d fanout=%.1fms cpu=%.1fms", job.job_id, job.clean_jobs,
-                 len(targets), elapsed * 1000, cpu * 1000)
-        return len(targets), elapsed
+        log.info("notify job=%s clean=%s miners=%d%s fanout=%.1fms cpu=%.1fms", job.job_id, job.clean_jobs,
+                 len(targets) + len(v2), f" (v2 {len(v2)})" if v2 else "", elapsed * 1000, cpu * 1000)
+        return len(targets) + len(v2), elapsed
 
     def reconnect_params(self, host: str | None = None, port: int | None = None) -> list:
         """client.reconnect's params. Never this socket's own address: behind a load balancer, NAT or port forward
@@ -288,9 +328,13 @@ class StratumServer:
         step = period / max(len(conns), 1)
         line = rpc.encode_notification("client.reconnect", self.reconnect_params())
         log.info("draining %d miners over %.1fs", len(conns), period)
+        host, port = self.config.public_host or "", self.config.public_port or 0
         for conn in conns:
             if conn.close_reason is None:
-                conn.outbox.send(line)
+                if isinstance(conn, Sv2Connection):   # Reconnect: an empty host and port 0 mean "where you are"
+                    conn.deliver([codec.encode_frame(codec.Reconnect(host, port if host else 0))])
+                else:
+                    conn.outbox.send(line)
                 spawn_logged(_abort_later, conn, 2.0, name="drain-abort")
             if step:
                 gevent.sleep(step)
@@ -301,7 +345,7 @@ class StratumServer:
     def live_workers(self) -> dict[str, dict]:
         """Per authorized worker name: open connections and the current difficulty (of the newest)."""
         workers: dict[str, dict] = {}
-        for conn in self.subscribed:
+        for conn in (*self.subscribed, *self.sv2):
             session = conn.session
             for name in session.workers:
                 entry = workers.get(name)
@@ -312,8 +356,8 @@ class StratumServer:
                     entry["difficulty"] = session.difficulty
         return workers
 
-    def targets(self, worker: str | None) -> list[Connection]:
-        return [c for c in self.subscribed if worker is None or worker in c.session.workers]
+    def targets(self, worker: str | None) -> list:
+        return [c for c in (*self.subscribed, *self.sv2) if worker is None or worker in c.session.workers]
 
     def admin(self, action: str, worker: str | None, params: dict) -> int:
         """Apply an operator action to this process's miners (all, or one worker's); returns how many."""
@@ -321,11 +365,12 @@ class StratumServer:
         if action == "message":
             line = rpc.encode_notification("client.show_message", [str(params.get("text", ""))[:512]])
             for conn in targets:
-                conn.outbox.send(line)
+                if isinstance(conn, Connection):     # V2 has no message to show
+                    conn.outbox.send(line)
         elif action == "difficulty":
             difficulty = float(params["difficulty"])
             for conn in targets:
-                conn.outbox.send(b"".join(conn.session.retarget(difficulty)))
+                conn.deliver(conn.session.retarget(difficulty))
         elif action == "disconnect":
             for conn in targets:
                 self.dropped("operator")
@@ -342,8 +387,13 @@ class StratumServer:
         step = period / max(len(targets), 1)
         line = rpc.encode_notification("client.reconnect", self.reconnect_params(params.get("host"),
                                                                                  params.get("port")))
+        host = params.get("host") or self.config.public_host or ""
+        port = int(params.get("port") or self.config.public_port or 0) if host else 0
         for conn in targets:
-            conn.outbox.send(line)
+            if isinstance(conn, Sv2Connection):
+                conn.deliver([codec.encode_frame(codec.Reconnect(str(host)[:255], port))])
+            else:
+                conn.outbox.send(line)
             if step:
                 gevent.sleep(step)
 
@@ -353,6 +403,10 @@ class StratumServer:
             server.close()
         if self._sweeper is not None:
             self._sweeper.stop()
+        if self._acker is not None:
+            self._acker.stop()
+        for conn in list(self._unacked):        # what was accepted is acknowledged before the goodbye
+            conn.deliver(conn.session.take_acks())
         for conn in list(self.connections):
             conn.abort(SHUTDOWN)
         self.handlers.join(timeout=timeout)
