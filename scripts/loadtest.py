@@ -304,8 +304,8 @@ def child_main(args: argparse.Namespace) -> int:
                                     vendor="gstratum-loadtest")
             setup_done = time.monotonic()
             user = login(self.index)
-            self.channel = channel = (client.open_extended_channel(user) if extended
-                                      else client.open_standard_channel(user))
+            self.channel = channel = (client.open_extended_channel(user, args.nominal_hashrate) if extended
+                                      else client.open_standard_channel(user, args.nominal_hashrate))
             self.work = ChannelWork(channel, version_rolling=args.configure)
             handshake_ms.append((time.monotonic() - times.started_at) * 1000)
             v2_times["connect_ms"].append(times.connect * 1000)
@@ -626,7 +626,8 @@ def parent_main(args: argparse.Namespace) -> int:
                "--host", str(address), "--port", str(args.port), "--duration", str(args.duration),
                "--share-rate", str(args.share_rate), "--pipeline", str(args.pipeline), "--src-ips", str(args.src_ips),
                "--worker-prefix", args.worker_prefix, "--protocol", args.protocol, "--channel", args.channel,
-               "--prepare-keys" if args.prepare_keys else "--no-prepare-keys"]
+               "--prepare-keys" if args.prepare_keys else "--no-prepare-keys", "--nominal-hashrate",
+               str(args.nominal_hashrate)]
         cmd += ["--authority-pubkey", args.authority_pubkey] if args.authority_pubkey else []
         cmd += (["--users", args.users] if args.users else []) + (["--configure"] if args.configure else []) + (
             ["--reconnect"] if args.reconnect else [])
@@ -723,6 +724,9 @@ def main() -> int:
                         help="v2: Stratum V2 miners (Noise, binary frames) on the server's --sv2-port (as --port)")
     parser.add_argument("--channel", choices=["standard", "extended"], default="standard",
                         help="V2: the channel each miner opens (--configure: roll versions inside 1fffe000)")
+    parser.add_argument("--nominal-hashrate", type=float, default=0.0,
+                        help="V2: the hashrate each channel announces (0, the default: the port's difficulty, as V1 "
+                             "miners get; the firmware announces 1e12, which vardiff turns into its difficulty)")
     parser.add_argument("--authority-pubkey", help="V2: pin the pool's authority key (costs a Schnorr check per miner)")
     parser.add_argument("--prepare-keys", action=argparse.BooleanOptionalAction, default=True,
                         help="V2: make each miner's Noise key before the ramp (default), so the ramp measures the "

@@ -319,7 +319,7 @@ def test_setup_refusals(start_v2):
 # --- restart hand-over -----------------------------------------------------------------------------------------------
 
 def test_sighup_sends_reconnect_and_the_miner_mines_on_the_successor(start_v2):
-    pool = start_v2("--drain-period", "1", "--difficulty", "0.0001", "--notify-interval", "30")
+    pool = start_v2("--drain-period", "1", "--difficulty", "0.0001", "--vardiff", "0", "--notify-interval", "30")
     client, channel = pool.miner("handover.rig", "extended")
     successor = None
     try:
@@ -364,3 +364,18 @@ def test_loadtest_v2_smoke(start_v2, tmp_path, kind):
     assert report["noise_ms"]["p99"] is not None and report["setup_ms"]["p50"] <= report["handshake_ms"]["p50"]
     assert report["client_cpu_us_per_handshake"] > 0 and report["server_cpu_us_per_op"] > 0
     assert "| miners subscribed | 200 / 200 |" in result.stdout
+
+
+# --- the command line ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["standard", "extended"])
+def test_the_client_command_mines_on_the_server(start_v2, kind):
+    pool = start_v2("--difficulty", "0.0001", "--notify-interval", "1", "--clean-every", "1000")
+    result = subprocess.run([sys.executable, "-m", "gstratum", "client", "--protocol", "v2", "--url",
+                             f"stratum2+tcp://127.0.0.1:{pool.port}/{pool.authority_key}", "--user", "cli.rig",
+                             "--channel", kind, "--mine", "--duration", "3", "--version-rolling", "--firmware-limits"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "authority key pinned" in result.stdout and f"channel: {kind} id=1" in result.stdout
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("accepted=") and " rejected=0 " in summary and "unanswered=0" in summary, summary

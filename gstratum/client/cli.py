@@ -32,6 +32,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="V2: the channel to open (standard: SetupConnection flag REQUIRES_STANDARD_JOBS, as the firmware does)")
     add("--authority-pubkey", dest="authority_pubkey",
         help="V2: pin the pool's authority public key (what `gstratum sv2-key` prints); default: accept any")
+    add("--nominal-hashrate", dest="nominal_hashrate", type=float, default=0.0,
+        help="V2: the hashrate the channel announces (0, the default: the port's difficulty, as a proxy with no "
+             "device yet; the Bitaxe firmware announces 1e12, which a pool with vardiff turns into its difficulty)")
     add("--firmware-limits", dest="firmware_limits", action="store_true",
         help="V2: refuse what breaks the Bitaxe firmware (frames over 8,192 bytes, more than 20 merkle path entries)")
 

@@ -40,9 +40,9 @@ def _open(args: argparse.Namespace, host: str, port: int, key: bytes | str | Non
         success = client.setup_connection(flags)
         print(f"setup: version {success.used_version} flags {success.flags:#x}", flush=True)
         if args.channel == "standard":
-            channel = client.open_standard_channel(args.user)
+            channel = client.open_standard_channel(args.user, args.nominal_hashrate)
         else:
-            channel = client.open_extended_channel(args.user, min_extranonce_size=2)
+            channel = client.open_extended_channel(args.user, args.nominal_hashrate, min_extranonce_size=2)
         print(f"channel: {channel.kind} id={channel.channel_id} target={channel.target:064x} "
               f"extranonce_prefix={channel.extranonce_prefix.hex()} extranonce_size={channel.extranonce_size}",
               flush=True)
