@@ -319,7 +319,7 @@ def test_setup_refusals(start_v2):
 # --- restart hand-over -----------------------------------------------------------------------------------------------
 
 def test_sighup_sends_reconnect_and_the_miner_mines_on_the_successor(start_v2):
-    pool = start_v2("--drain-period", "1", "--difficulty", "0.0001", "--vardiff", "0", "--notify-interval", "30")
+    pool = start_v2("--drain-period", "1", "--difficulty", "0.00001", "--vardiff", "0", "--notify-interval", "30")
     client, channel = pool.miner("handover.rig", "extended")
     successor = None
     try:
@@ -370,7 +370,7 @@ def test_loadtest_v2_smoke(start_v2, tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["standard", "extended"])
 def test_the_client_command_mines_on_the_server(start_v2, kind):
-    pool = start_v2("--difficulty", "0.0001", "--notify-interval", "1", "--clean-every", "1000")
+    pool = start_v2("--difficulty", "0.00001", "--notify-interval", "1", "--clean-every", "1000")
     result = subprocess.run([sys.executable, "-m", "gstratum", "client", "--protocol", "v2", "--url",
                              f"stratum2+tcp://127.0.0.1:{pool.port}/{pool.authority_key}", "--user", "cli.rig",
                              "--channel", kind, "--mine", "--duration", "3", "--version-rolling", "--firmware-limits"],
