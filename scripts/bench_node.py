@@ -211,7 +211,8 @@ def bench_newblock(args, work: Path) -> None:
     try:
         seconds = ramp_seconds + 8 + args.blocks * 3
         loads = {p: pool.load(args.miners, seconds, work / f"load-{p}.json", "--share-rate", "0", *load_extra,
-                              protocol=p, ramp=ramps[p]) for p in protocols}
+                              *(["--channel", args.channel] if p == "v2" else []), protocol=p, ramp=ramps[p])
+                 for p in protocols}
         announced = listen_hashblock(pool.node.zmq_endpoint)
         time.sleep(ramp_seconds + 5)       # the ramp, then quiet
         mined = []
@@ -222,7 +223,8 @@ def bench_newblock(args, work: Path) -> None:
         for load in loads.values():
             load.wait(seconds + 120)
         made = clean_jobs(pool.log())
-        fanouts = [float(x) for x in re.findall(r"clean=True miners=\d+ fanout=([\d.]+)ms", pool.log())][1:]
+        fanouts = [float(x) for x in re.findall(r"clean=True miners=\d+(?: \(v2 \d+\))? fanout=([\d.]+)ms",
+                                                pool.log())][1:]
         for protocol in protocols:
             jobs = {j["job_id"]: j for j in json.loads((work / f"load-{protocol}.json").read_text())["jobs"]}
             first, last, reached = [], [], []
@@ -234,7 +236,8 @@ def bench_newblock(args, work: Path) -> None:
                 first.append((job["first_at"] - before) * 1000)
                 last.append((job["last_at"] - before) * 1000)
                 reached.append(job["reached"])
-            print(f"{protocol}: path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} "
+            print(f"{protocol}{' ' + args.channel + ' channels' if protocol == 'v2' else ''}: "
+                  f"path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} "
                   f"blocks={len(first)} reached={min(reached) if reached else 0}"
                   + (f" pplns: {args.pplns_shares} shares over {args.pplns_payees} payees"
                      f"{' (skewed)' if args.pplns_skewed else ' (uniform)'}" if args.pplns_shares else ""))
@@ -247,7 +250,7 @@ def bench_newblock(args, work: Path) -> None:
         splits = [float(x) for x in re.findall(r"PPLNS split ([\d.]+) ms", pool.log())][1:]
         if splits:
             print(f"  the PPLNS split on the new-block path: median {median(splits):.2f} ms, max {max(splits):.2f} ms")
-        print(f"  server-side fan-out of those clean jobs (V1 log lines): median {median(fanouts):.1f} ms")
+        print(f"  server-side fan-out of those clean jobs (all miners): median {median(fanouts):.1f} ms")
     finally:
         pool.close()
 
@@ -353,6 +356,8 @@ def main() -> int:
     parser.add_argument("--no-zmq", action="store_true")
     parser.add_argument("--protocol", choices=["v1", "v2", "both"], default="v1",
                         help="newblock: V1 miners, V2 miners (on --sv2-port), or --miners of each at the same time")
+    parser.add_argument("--channel", choices=["standard", "extended"], default="standard",
+                        help="newblock: the V2 miners' channel (a standard channel's merkle root is its own)")
     parser.add_argument("--pplns-shares", type=int, default=0,
                         help="newblock: a PPLNS pool whose window holds this many shares (seeded in the database)")
     parser.add_argument("--pplns-payees", type=int, default=5000, help="... over this many addresses")
