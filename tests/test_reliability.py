@@ -14,10 +14,12 @@ from .conftest import new_cluster_name, query, wait_until
 
 
 class AuthorizingMiner(threading.Thread):
-    """A miner that keeps sending mining.authorize (each one is a row) and counts the `true` replies."""
+    """A miner that keeps sending mining.authorize (each new name is a row) and counts the `true` replies; a new
+    connection every 1,000 names (a connection holds at most MAX_WORKERS_PER_CONNECTION)."""
 
     def __init__(self, server, name: str) -> None:
         super().__init__(daemon=True)
+        self.server_address = (server.host, server.port)
         self.client = StratumClient(server.host, server.port, timeout=20)
         self.client.subscribe()
         self.name_prefix = name
@@ -28,6 +30,10 @@ class AuthorizingMiner(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop.is_set():
+                if self.acknowledged and self.acknowledged % 1000 == 0:
+                    self.client.close()
+                    self.client = StratumClient(self.server_address[0], self.server_address[1], timeout=20)
+                    self.client.subscribe()
                 self.client.authorize(f"{self.name_prefix}.{self.acknowledged}")
                 self.acknowledged += 1
                 time.sleep(0.02)

@@ -539,23 +539,12 @@ class Prepared:
         addresses = self.addresses
         count = len(addresses)
         credits: dict[str, int] = {}
-        paid: dict[str, int] = {}
         if self.total:
             # floor(D x w / W) = D x (w 10^k) // (W 10^k): exact integers, one C-level pass each
-            credit_of = list(map(operator.floordiv, map(operator.mul, repeat(distributable, count), self.scaled),
-                                 repeat(self.total, count)))
+            credit_of = map(operator.floordiv, map(operator.mul, repeat(distributable, count), self.scaled),
+                            repeat(self.total, count))
             credits = dict(compress(zip(addresses, credit_of), self.in_window))
-            keys = map(operator.add, map(operator.mul, map(operator.add, credit_of, self.owed), repeat(count, count)),
-                       self.ties)
-            room = reward
-            for key in heapq.nlargest(max_outputs, keys):        # largest due first, then ascending address
-                tie = key % count
-                due = (key - tie) // count
-                amount = min(due, room)
-                if due < min_output or amount < min_output:
-                    break                         # every later due is smaller: all of them are skipped
-                paid[addresses[count - 1 - tie]] = amount
-                room -= amount
+        paid = self.payees(reward, fee_percent, min_output, max_outputs)
         deltas = dict(credits)
         for address, amount in paid.items():
             deltas[address] = deltas.get(address, 0) - amount

@@ -111,67 +111,121 @@ class Outbox:
         self.pending_bytes = 0
 
 
-class Connection:
-    """One miner's TCP connection, run by its own greenlet (`serve`)."""
+class MinerConnection:
+    """What every miner's TCP connection has, whatever its protocol: the socket, its bounded Outbox, the cost meter,
+    the read loop and the ways it ends. Run by its own greenlet (`serve`); subclasses handle what they read."""
 
-    __slots__ = ("id", "sock", "address", "session", "outbox", "framer", "close_reason", "server", "meter",
-                 "connected_at", "_charged_requests", "_charged_errors", "tls", "__weakref__")
+    __slots__ = ("id", "sock", "address", "session", "outbox", "close_reason", "server", "meter", "connected_at",
+                 "_charged_requests", "_charged_errors", "__weakref__")
 
-    def __init__(self, server, sock, address, connection_id: str, session, tls: bool = False) -> None:
+    def __init__(self, server, sock, address, connection_id: str, session, direct: bool = True) -> None:
         self.server = server
         self.sock = sock
         self.address = address
         self.id = connection_id
         self.session = session
         cfg = server.config
-        self.framer = LineFramer(cfg.max_line)
-        self.tls = tls
         self.outbox = Outbox(sock, cfg.max_pending_output, cfg.send_timeout, server.writers, self._slow,
-                             direct=not tls)
+                             direct=direct)
         self.close_reason: str | None = None
         self.connected_at = time.monotonic()
         self.meter = CostMeter(server.cost_policy, self.connected_at)
         self._charged_requests = 0
         self._charged_errors = 0
 
+    def _read_loop(self, receive, handle) -> None:
+        """Read until the miner leaves or something closes us; `handle` gets every read's bytes."""
+        while self.close_reason is None:
+            try:
+                data = receive()
+            except BlockingIOError:
+                continue   # a spurious wake-up
+            except OSError as exc:
+                self.close_reason = self.close_reason or f"recv failed: {exc.strerror or exc}"
+                break
+            if not data:
+                self.close_reason = self.close_reason or "closed by miner"
+                break
+            handle(data)
+            if self.close_reason is None:
+                self._meter()
+
+    def _kernel_receive(self):
+        """A receive that waits for readability first and then reads once, on the kernel socket: gevent's `recv`
+        would try the syscall first and, right after a request was answered, nearly always get EAGAIN (one wasted
+        syscall per share). Readiness is level-triggered, so bytes already pending wake the wait at once."""
+        sock = self.sock
+        raw = getattr(sock, "_sock", sock)
+        wait, read_event = sock._wait, sock._read_event   # gevent's own wait on this socket (cancelled on close)
+
+        def receive():
+            wait(read_event)
+            return raw.recv(RECV_SIZE)
+        return receive
+
+    def _meter(self) -> None:
+        """Charge what this read cost; slow the connection down past the soft limit, close it past the hard one."""
+        session = self.session
+        verdict = self.meter.charge(session.requests - self._charged_requests, session.errors - self._charged_errors,
+                                    time.monotonic())
+        self._charged_requests, self._charged_errors = session.requests, session.errors
+        if verdict == CLOSE:
+            self.server.dropped("flood")
+            self.abort(f"flood: cost {self.meter.balance:.0f} over the limit")
+        elif verdict == SLOW:
+            gevent.sleep(self.meter.delay())
+
+    def _slow(self, reason: str) -> None:
+        self.server.dropped("slow")
+        self.abort(reason)
+
+    def abort(self, reason: str) -> None:
+        """Drop this miner (slow, flooding, bad input, server stopping): the serve loop ends and records why."""
+        if self.close_reason is None:
+            self.close_reason = reason
+            level = logging.DEBUG if reason == SHUTDOWN else logging.INFO
+            log.log(level, "closing %s %s:%s: %s", self.id, self.address[0], self.address[1], reason)
+        self.outbox.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _finish(self) -> None:
+        """Once, when the serve loop ends: the server forgets us, the socket closes."""
+        self.server.forget(self)
+        self.outbox.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Connection(MinerConnection):
+    """One Stratum V1 miner: newline-delimited JSON through the framer to its Session."""
+
+    __slots__ = ("framer", "tls")
+
+    def __init__(self, server, sock, address, connection_id: str, session, tls: bool = False) -> None:
+        super().__init__(server, sock, address, connection_id, session, direct=not tls)
+        self.framer = LineFramer(server.config.max_line)
+        self.tls = tls
+
     def serve(self, initial: bytes = b"") -> None:
         """Read until the miner leaves, the line cap is broken, or the server closes us. `initial`: bytes that
-        arrived with a PROXY protocol header.
-
-        The loop waits for readability first and then reads once, on the kernel socket: gevent's `recv` would try
-        the syscall first and, right after a request was answered, nearly always get EAGAIN (one wasted syscall per
-        share). Readiness is level-triggered, so bytes already pending wake the wait at once."""
+        arrived with a PROXY protocol header."""
         sock = self.sock
         if self.tls:     # TLS may hold decrypted bytes the kernel socket no longer shows: its own recv decides
             def receive():
                 return sock.recv(RECV_SIZE)
         else:
-            raw = getattr(sock, "_sock", sock)
-            wait, read_event = sock._wait, sock._read_event   # gevent's own wait on this socket (cancelled on close)
-
-            def receive():
-                wait(read_event)
-                return raw.recv(RECV_SIZE)
+            receive = self._kernel_receive()
         try:
             if initial:
                 self._handle(initial)
-            while self.close_reason is None:
-                try:
-                    data = receive()
-                except BlockingIOError:
-                    continue   # a spurious wake-up
-                except OSError as exc:
-                    self.close_reason = self.close_reason or f"recv failed: {exc.strerror or exc}"
-                    break
-                if not data:
-                    self.close_reason = self.close_reason or "closed by miner"
-                    break
-                self._handle(data)
-                if self.close_reason is None:
-                    self._meter()
+            self._read_loop(receive, self._handle)
         finally:
-            self.server.forget(self)
-            self._close_socket()
+            self._finish()
 
     def _handle(self, data: bytes) -> None:
         """Feed received bytes to the session and carry out what it asks, in order: replies (sent once per read),
@@ -204,18 +258,6 @@ class Connection:
         if lines:
             self.outbox.send(b"".join(lines))
 
-    def _meter(self) -> None:
-        """Charge what this read cost; slow the connection down past the soft limit, close it past the hard one."""
-        session = self.session
-        verdict = self.meter.charge(session.requests - self._charged_requests, session.errors - self._charged_errors,
-                                    time.monotonic())
-        self._charged_requests, self._charged_errors = session.requests, session.errors
-        if verdict == CLOSE:
-            self.server.dropped("flood")
-            self.abort(f"flood: cost {self.meter.balance:.0f} over the limit")
-        elif verdict == SLOW:
-            gevent.sleep(self.meter.delay())
-
     def _drain(self, seconds: float = 1.0, limit: int = 1 << 20) -> None:
         """Half-close and discard what the miner still sends, so our last error reply is not lost to a TCP reset
         (closing a socket with unread input makes the kernel send RST)."""
@@ -227,28 +269,5 @@ class Connection:
                     if not data:
                         break
                     limit -= len(data)
-        except OSError:
-            pass
-
-    def _slow(self, reason: str) -> None:
-        self.server.dropped("slow")
-        self.abort(reason)
-
-    def abort(self, reason: str) -> None:
-        """Drop this miner (slow, flooding, server stopping): the serve loop ends and records the reason."""
-        if self.close_reason is None:
-            self.close_reason = reason
-            level = logging.DEBUG if reason == SHUTDOWN else logging.INFO
-            log.log(level, "closing %s %s:%s: %s", self.id, self.address[0], self.address[1], reason)
-        self.outbox.close()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _close_socket(self) -> None:
-        self.outbox.close()
-        try:
-            self.sock.close()
         except OSError:
             pass

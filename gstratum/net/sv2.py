@@ -6,13 +6,11 @@ message out of order) closes that connection with one log line; nothing else is 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 
 import gevent
 
-from gstratum.net.connection import RECV_SIZE, SHUTDOWN, Outbox
-from gstratum.protocol.limits import CLOSE, SLOW, CostMeter
+from gstratum.net.connection import RECV_SIZE, MinerConnection
 from gstratum.protocol.rpc import StratumError
 from gstratum.protocol.sv2 import codec
 from gstratum.protocol.sv2.certificate import ServerIdentity
@@ -51,28 +49,16 @@ class Sv2Identity:
         return self._identity
 
 
-class Sv2Connection:
-    """One V2 miner's TCP connection, run by its own greenlet (`serve`). Offers what the server's registries use
-    from a V1 Connection: `id`, `address`, `session`, `outbox`, `close_reason`, `connected_at`, `abort`, `deliver`."""
+class Sv2Connection(MinerConnection):
+    """One Stratum V2 miner: the Noise handshake, then encrypted frames to its Sv2Session. Offers what the server's
+    registries use from a V1 Connection (`deliver`, `abort`, the session's `workers`...)."""
 
-    __slots__ = ("id", "sock", "address", "session", "outbox", "close_reason", "server", "meter", "connected_at",
-                 "noise", "identity", "_charged_requests", "_charged_errors", "__weakref__")
+    __slots__ = ("noise", "identity")
 
     def __init__(self, server, sock, address, connection_id: str, session, identity: Sv2Identity) -> None:
-        self.server = server
-        self.sock = sock
-        self.address = address
-        self.id = connection_id
-        self.session = session
+        super().__init__(server, sock, address, connection_id, session)
         self.identity = identity
-        cfg = server.config
-        self.outbox = Outbox(sock, cfg.max_pending_output, cfg.send_timeout, server.writers, self._slow)
-        self.close_reason: str | None = None
-        self.connected_at = time.monotonic()
-        self.meter = CostMeter(server.cost_policy, self.connected_at)
         self.noise = None
-        self._charged_requests = 0
-        self._charged_errors = 0
 
     def serve(self, initial: bytes = b"") -> None:
         try:
@@ -82,32 +68,9 @@ class Sv2Connection:
                 self.close_reason = self.close_reason or f"Stratum V2 handshake failed: {exc or 'timeout'}"
                 log.info("closing %s %s:%s: %s", self.id, self.address[0], self.address[1], self.close_reason)
                 return
-            raw = getattr(self.sock, "_sock", self.sock)
-            wait, read_event = self.sock._wait, self.sock._read_event
-            while self.close_reason is None:
-                try:
-                    wait(read_event)
-                    data = raw.recv(RECV_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    self.close_reason = self.close_reason or f"recv failed: {exc.strerror or exc}"
-                    break
-                if not data:
-                    self.close_reason = self.close_reason or "closed by miner"
-                    break
-                try:
-                    self._handle(data)
-                except Sv2Error as exc:      # the one place V2's bad input ends a connection
-                    self.server.dropped("protocol")
-                    self.close_reason = f"Stratum V2: {type(exc).__name__}: {str(exc)[:200]}"
-                    log.info("closing %s %s:%s: %s", self.id, self.address[0], self.address[1], self.close_reason)
-                    break
-                if self.close_reason is None:
-                    self._meter()
+            self._read_loop(self._kernel_receive(), self._handle_or_close)
         finally:
-            self.server.forget(self)
-            self._close_socket()
+            self._finish()
 
     def _handshake(self, initial: bytes) -> None:
         responder = NoiseResponder(self.identity.current())
@@ -123,6 +86,13 @@ class Sv2Connection:
                 if not data:
                     raise Sv2Error("closed during the handshake")
         self.noise = responder.connection(max_payload=MAX_INBOUND_PAYLOAD)
+
+    def _handle_or_close(self, data: bytes) -> None:
+        try:
+            self._handle(data)
+        except Sv2Error as exc:      # the one place V2's bad input ends a connection
+            self.server.dropped("protocol")
+            self.abort(f"Stratum V2: {type(exc).__name__}: {str(exc)[:200]}")
 
     def _handle(self, data: bytes) -> None:
         """Every frame of one read through the session; what it asks is done in order: frames sent (encrypted),
@@ -156,36 +126,3 @@ class Sv2Connection:
         if frames and self.noise is not None and self.close_reason is None:
             encrypt = self.noise.encrypt
             self.outbox.send(b"".join([encrypt(frame) for frame in frames]))
-
-    def _meter(self) -> None:
-        session = self.session
-        verdict = self.meter.charge(session.requests - self._charged_requests, session.errors - self._charged_errors,
-                                    time.monotonic())
-        self._charged_requests, self._charged_errors = session.requests, session.errors
-        if verdict == CLOSE:
-            self.server.dropped("flood")
-            self.abort(f"flood: cost {self.meter.balance:.0f} over the limit")
-        elif verdict == SLOW:
-            gevent.sleep(self.meter.delay())
-
-    def _slow(self, reason: str) -> None:
-        self.server.dropped("slow")
-        self.abort(reason)
-
-    def abort(self, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
-            level = logging.DEBUG if reason == SHUTDOWN else logging.INFO
-            log.log(level, "closing %s %s:%s: %s", self.id, self.address[0], self.address[1], reason)
-        self.outbox.close()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _close_socket(self) -> None:
-        self.outbox.close()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
