@@ -3,12 +3,15 @@
 
     .venv/bin/python scripts/bench_node.py newblock --miners 10000 --blocks 8            # ZMQ path
     .venv/bin/python scripts/bench_node.py newblock --miners 10000 --blocks 8 --no-zmq   # poll path (1 s)
+    .venv/bin/python scripts/bench_node.py newblock --miners 5000 --blocks 8 --protocol both   # V1 and V2 miners
     .venv/bin/python scripts/bench_node.py template --txs 4000                           # build time, loop stall
     .venv/bin/python scripts/bench_node.py submit --blocks 10                            # found block -> submitblock
     .venv/bin/python scripts/bench_node.py solo --miners 10000 --addresses 1000          # solo fan-out vs pool
 
 newblock: the node learns a block (its `fake_mine` returns; timed from just before the call, so the figure
-includes that RPC) and the clean job reaches the first and the last miner of the load tool.
+includes that RPC) and the clean job reaches the first and the last miner of the load tool. `--protocol v2`: Stratum
+V2 miners on the pool's --sv2-port, where the arrival is the SetNewPrevHash of the new block; `both`: --miners V1
+miners and --miners V2 miners on the same process at the same time, the same blocks measured at both.
 template: a probe miner asks `client.get_version` every 2 ms while new blocks bring 4,000-transaction templates;
 its longest reply beside the median is the event loop's stall.
 """
@@ -69,7 +72,8 @@ def bech32_address(hrp: str, program: bytes) -> str:
 class Pool:
     """The fake node, the embedded PostgreSQL and one gstratum process against them."""
 
-    def __init__(self, work: Path, node_args=(), server_args=(), zmq: bool = True, seed=None) -> None:
+    def __init__(self, work: Path, node_args=(), server_args=(), zmq: bool = True, seed=None,
+                 sv2: bool = False) -> None:
         from gstratum.storage.embedded_pg import EmbeddedPostgres
         from nodes import FakeNode
 
@@ -89,9 +93,13 @@ class Pool:
                "--difficulty", "0.00001", "--min-difficulty", "1e-9", *server_args]
         if zmq:
             cmd += ["--zmq-hashblock", self.node.zmq_endpoint]
+        self.sv2_port = free_port() if sv2 else None
+        if sv2:
+            cmd += ["--sv2-port", str(self.sv2_port), "--sv2-authority-key", str(work / "authority.key")]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while "stratum listening" not in self.log():
+        ready = "http listening" if sv2 else "stratum listening"     # the HTTP port opens after every mining port
+        while ready not in self.log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()          # never leave the node or the database behind
                 raise SystemExit(f"server did not start:\n{self.log()}")
@@ -100,10 +108,12 @@ class Pool:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def load(self, miners: int, seconds: float, out: Path, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--port", str(self.port),
-                                 "--miners", str(miners), "--procs", "2", "--ramp", "1000", "--duration",
-                                 str(seconds), "--src-ips", "8", "--json", str(out), *extra],
+    def load(self, miners: int, seconds: float, out: Path, *extra: str, protocol: str = "v1",
+             ramp: float = 1000) -> subprocess.Popen:
+        port = self.sv2_port if protocol == "v2" else self.port
+        return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--port", str(port),
+                                 "--miners", str(miners), "--procs", "2", "--ramp", str(ramp), "--duration",
+                                 str(seconds), "--src-ips", "8", "--json", str(out), "--protocol", protocol, *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def loop_lag(self) -> dict[float, int]:
@@ -194,41 +204,53 @@ def bench_newblock(args, work: Path) -> None:
         seed = seed_pplns(args.pplns_shares, args.pplns_payees, users, args.pplns_skewed)
         server_args += ["--pplns", "--pplns-window-difficulty", str(args.pplns_shares)]
         load_extra += ["--users", str(users)]
-    pool = Pool(work, server_args=server_args, zmq=not args.no_zmq, seed=seed)
+    protocols = ["v1", "v2"] if args.protocol == "both" else [args.protocol]
+    ramps = {"v1": 1000, "v2": 250}      # a V2 handshake costs the load tool ~2x a V1 one (Noise: two ECDHs)
+    ramp_seconds = max(args.miners / ramps[p] for p in protocols)
+    pool = Pool(work, server_args=server_args, zmq=not args.no_zmq, seed=seed, sv2="v2" in protocols)
     try:
-        out = work / "load.json"
-        seconds = args.miners / 1000 + 8 + args.blocks * 3
-        load = pool.load(args.miners, seconds, out, "--share-rate", "0", *load_extra)
+        seconds = ramp_seconds + 8 + args.blocks * 3
+        loads = {p: pool.load(args.miners, seconds, work / f"load-{p}.json", "--share-rate", "0", *load_extra,
+                              *(["--channel", args.channel] if p == "v2" else []), protocol=p, ramp=ramps[p])
+                 for p in protocols}
         announced = listen_hashblock(pool.node.zmq_endpoint)
-        time.sleep(args.miners / 1000 + 5)       # the ramp, then quiet
+        time.sleep(ramp_seconds + 5)       # the ramp, then quiet
         mined = []
         for _ in range(args.blocks):
             (block_hash,) = pool.node.mine(1)
             time.sleep(2.5)
             mined.append((block_hash, announced[block_hash]))   # when the node published it (our own SUB socket)
-        load.wait(seconds + 120)
-        jobs = {j["job_id"]: j for j in json.loads(out.read_text())["jobs"]}
+        for load in loads.values():
+            load.wait(seconds + 120)
         made = clean_jobs(pool.log())
-        first, last, reached = [], [], []
-        for block_hash, before in mined:
-            job = jobs.get(made.get(block_hash))
-            if job is None:
-                continue
-            first.append((job["first_at"] - before) * 1000)
-            last.append((job["last_at"] - before) * 1000)
-            reached.append(job["reached"])
-        fanouts = [float(x) for x in re.findall(r"clean=True miners=\d+ fanout=([\d.]+)ms", pool.log())][1:]
-        built = [float(x) for x in re.findall(r"clean job \w+, \d+ transactions, built in ([\d.]+) ms", pool.log())][1:]
-        print(f"path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} blocks={len(first)} "
-              f"reached={min(reached) if reached else 0}"
-              + (f" pplns: {args.pplns_shares} shares over {args.pplns_payees} payees"
-                 f"{' (skewed)' if args.pplns_skewed else ' (uniform)'}" if args.pplns_shares else ""))
+        fanouts = [float(x) for x in re.findall(r"clean=True miners=\d+(?: \(v2 \d+\))? fanout=([\d.]+)ms",
+                                                pool.log())][1:]
+        for protocol in protocols:
+            jobs = {j["job_id"]: j for j in json.loads((work / f"load-{protocol}.json").read_text())["jobs"]}
+            first, last, reached = [], [], []
+            for block_hash, before in mined:
+                # V1: the clean job the server logged for the block; V2: the load tool keys SetNewPrevHash by block
+                job = jobs.get(made.get(block_hash)) if protocol == "v1" else jobs.get(f"block {block_hash[:16]}")
+                if job is None:
+                    continue
+                first.append((job["first_at"] - before) * 1000)
+                last.append((job["last_at"] - before) * 1000)
+                reached.append(job["reached"])
+            print(f"{protocol}{' ' + args.channel + ' channels' if protocol == 'v2' else ''}: "
+                  f"path={'poll (1 s)' if args.no_zmq else 'zmq'} miners={args.miners} "
+                  f"blocks={len(first)} reached={min(reached) if reached else 0}"
+                  + (f" pplns: {args.pplns_shares} shares over {args.pplns_payees} payees"
+                     f"{' (skewed)' if args.pplns_skewed else ' (uniform)'}" if args.pplns_shares else ""))
+            arrival = "clean job" if protocol == "v1" else "SetNewPrevHash"
+            if first:
+                print(f"  node announces block -> {arrival} at the first miner: median {median(first):.1f} ms, "
+                      f"max {max(first):.1f} ms")
+                print(f"  node announces block -> {arrival} at the last miner:  median {median(last):.1f} ms, "
+                      f"max {max(last):.1f} ms")
         splits = [float(x) for x in re.findall(r"PPLNS split ([\d.]+) ms", pool.log())][1:]
         if splits:
             print(f"  the PPLNS split on the new-block path: median {median(splits):.2f} ms, max {max(splits):.2f} ms")
-        print(f"  node announces block -> first miner: median {median(first):.1f} ms, max {max(first):.1f} ms")
-        print(f"  node announces block -> last miner:  median {median(last):.1f} ms, max {max(last):.1f} ms")
-        print(f"  server-side fan-out of those clean jobs: median {median(fanouts):.1f} ms")
+        print(f"  server-side fan-out of those clean jobs (all miners): median {median(fanouts):.1f} ms")
     finally:
         pool.close()
 
@@ -332,6 +354,10 @@ def main() -> int:
     parser.add_argument("--txs", type=int, default=4000)
     parser.add_argument("--addresses", type=int, default=1000)
     parser.add_argument("--no-zmq", action="store_true")
+    parser.add_argument("--protocol", choices=["v1", "v2", "both"], default="v1",
+                        help="newblock: V1 miners, V2 miners (on --sv2-port), or --miners of each at the same time")
+    parser.add_argument("--channel", choices=["standard", "extended"], default="standard",
+                        help="newblock: the V2 miners' channel (a standard channel's merkle root is its own)")
     parser.add_argument("--pplns-shares", type=int, default=0,
                         help="newblock: a PPLNS pool whose window holds this many shares (seeded in the database)")
     parser.add_argument("--pplns-payees", type=int, default=5000, help="... over this many addresses")

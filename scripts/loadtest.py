@@ -9,7 +9,17 @@ server at a tiny difficulty, e.g. --difficulty 0.000001, so a share takes a few 
 The parent prints a progress line every second and ends with a report (Markdown, `--json`, `--plot`).
 It only talks to the address it is given, refuses non-loopback targets unless --allow-remote, and stops by itself.
 
+`--protocol v2` (`--port` the pool's --sv2-port): Stratum V2 miners as the Bitaxe firmware behaves (gstratum's V2
+client library): the Noise handshake (each miner's key made before the ramp unless --no-prepare-keys; pinned with
+--authority-pubkey), SetupConnection, one `--channel standard|extended`, real shares (versions rolled inside
+1fffe000 with --configure). The report splits the handshake (TCP connect, Noise, -> SetupConnection.Success,
+-> channel open), counts a job's arrival at SetNewPrevHash (keyed by the new block's hash) or at a job active at once
+(keyed by its id), ends a share's round trip at the answer covering it (SubmitShares.Success may be batched), and
+gives rejections by code. Both protocols report the load tool's own CPU per handshake (its processes' CPU up to the
+moment all their miners were in): on a shared box the tool's cost must be known beside the server's.
+
     .venv/bin/python scripts/loadtest.py --port 3333 --miners 10000 --ramp 1000 --duration 60 --src-ips 8
+    .venv/bin/python scripts/loadtest.py --protocol v2 --port 3336 --miners 10000 --ramp 250 --duration 60 --src-ips 8
 """
 from __future__ import annotations
 
@@ -53,6 +63,11 @@ def child_main(args: argparse.Namespace) -> int:
     from gstratum.client.miner import find_share
     from gstratum.mining.shares import HeaderTemplate
 
+    def cpu_seconds() -> float:
+        """This process's CPU time: the load tool's own cost, reported beside the server's."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     out = sys.stdout
@@ -63,6 +78,9 @@ def child_main(args: argparse.Namespace) -> int:
     handshake_ms: list[float] = []
     share_ms: list[float] = []
     error_samples: list[str] = []
+    rejected_codes: dict[str, int] = {}
+    v2_times: dict[str, list[float]] = {"connect_ms": [], "noise_ms": [], "setup_ms": [], "noise_cpu_us": []}
+    ramp_cpu: list[float] = []          # this process's CPU when its last miner had its channel open
     deadline = time.monotonic() + args.hard_deadline
 
     users = Path(args.users).read_text().split() if args.users else [args.worker_prefix]
@@ -225,13 +243,152 @@ def child_main(args: argparse.Namespace) -> int:
                 for request_id in range(self.next_id - len(lines) + 1, self.next_id + 1):
                     self.pending.pop(request_id, None)
 
+    class V2Miner:
+        """A Stratum V2 miner as the Bitaxe firmware behaves: one channel (standard: REQUIRES_STANDARD_JOBS; extended:
+        flags 0), nothing sent but shares. A job arrival is a SetNewPrevHash after the channel's first one (a new
+        block, keyed by its prevhash) or a job active at once (keyed by its id); the job and prevhash sent right
+        after the channel opens are not broadcasts and are not counted. A share's round trip ends when the answer
+        covering it arrives (a batched SubmitShares.Success covers several)."""
+
+        __slots__ = ("index", "client", "channel", "work", "alive", "initiator")
+
+        def __init__(self, index: int) -> None:
+            self.index = index
+            self.client = None
+            self.channel = None
+            self.work = None
+            self.alive = False
+            self.initiator = None       # the Noise key, prepared before the ramp (see ramp())
+
+        def prepare(self) -> None:
+            self.initiator = NoiseInitiator(authority_key)
+
+        def run(self) -> None:
+            while time.monotonic() < deadline:
+                try:
+                    self.session()
+                except Reconnect:
+                    stats["reconnects_requested"] += 1
+                    stats["connected"] -= 1
+                    stats["subscribed"] -= 1
+                    self.alive = False
+                    continue
+                except (OSError, ConnectionError, RuntimeError, ValueError, Sv2Rejected,
+                        Sv2ProtocolViolation) as exc:
+                    if isinstance(exc, Sv2ProtocolViolation):
+                        stats["errors"] += 1
+                    if self.alive:
+                        stats["drops"] += 1
+                        stats["connected"] -= 1
+                        stats["subscribed"] -= 1
+                    if len(error_samples) < 5:
+                        error_samples.append(f"{type(exc).__name__}: {exc}")
+                    if not self.alive:
+                        stats["connect_failures"] += 1
+                    self.alive = False
+                    if not args.reconnect or isinstance(exc, Sv2ProtocolViolation):
+                        return
+                    gevent.sleep(1.0)
+                finally:
+                    if self.client is not None:
+                        self.client.close()
+                        self.client = None
+
+        def session(self) -> None:
+            source = (f"127.0.0.{1 + self.index % args.src_ips}", 0) if args.src_ips > 1 else None
+            initiator, self.initiator = self.initiator or NoiseInitiator(authority_key), None
+            self.client = client = Sv2Client.connect(args.host, args.port, timeout=30, source_address=source,
+                                                     initiator=initiator)
+            times = client.times
+            client.setup_connection(0 if extended else SetupConnectionFlags.REQUIRES_STANDARD_JOBS,
+                                    vendor="gstratum-loadtest")
+            setup_done = time.monotonic()
+            user = login(self.index)
+            self.channel = channel = (client.open_extended_channel(user, args.nominal_hashrate) if extended
+                                      else client.open_standard_channel(user, args.nominal_hashrate))
+            self.work = ChannelWork(channel, version_rolling=args.configure)
+            handshake_ms.append((time.monotonic() - times.started_at) * 1000)
+            v2_times["connect_ms"].append(times.connect * 1000)
+            v2_times["noise_ms"].append(times.noise * 1000)
+            v2_times["setup_ms"].append((setup_done - times.started_at) * 1000)
+            v2_times["noise_cpu_us"].append(times.noise_cpu * 1e6)
+            self.alive = True
+            stats["connected"] += 1
+            stats["subscribed"] += 1
+            stats["handshakes"] += 1
+            client.timeout = None           # from here on a read waits as long as it takes
+            job_messages = (codec.NewMiningJob, codec.NewExtendedMiningJob)
+            while time.monotonic() < deadline:
+                message = client.read_message()
+                if isinstance(message, codec.SetNewPrevHash):
+                    if channel.activations > 1:
+                        arrived(f"block {message.prev_hash[::-1].hex()[:16]}")
+                elif isinstance(message, job_messages):
+                    if message.min_ntime is not None:
+                        arrived(f"job {message.job_id}")
+                elif client.state.reconnect is not None:
+                    raise Reconnect()
+                if client.outcomes:
+                    for outcome in client.take_outcomes():
+                        share_ms.append(outcome.round_trip * 1000)
+                        if outcome.accepted:
+                            stats["accepted"] += 1
+                        else:
+                            stats["rejected"] += 1
+                            rejected_codes[outcome.error_code] = rejected_codes.get(outcome.error_code, 0) + 1
+
+        @property
+        def pending(self) -> dict:
+            return self.channel.pending if self.channel is not None and self.alive else {}
+
+        def submit(self, count: int = 1) -> None:
+            """Find and send `count` shares in one write (more than one: a proxy pipelining its devices' shares)."""
+            if not self.alive or self.channel.active is None:
+                return
+            try:
+                with self.client.batch():
+                    for _ in range(count):
+                        share, _ = self.work.search(3000)
+                        if share is not None:
+                            submit_share(self.client, share)
+            except OSError:
+                pass
+
+    def arrived(key: str) -> None:
+        now = time.time()
+        entry = jobs.get(key)
+        if entry is None:
+            jobs[key] = [1, now, now]
+        else:
+            entry[0] += 1
+            entry[2] = max(entry[2], now)
+            entry[1] = min(entry[1], now)
+
+    if args.protocol == "v2":
+        from gstratum.client.sv2 import Sv2Client, Sv2ProtocolViolation, Sv2Rejected
+        from gstratum.client.sv2work import ChannelWork, submit as submit_share
+        from gstratum.protocol.sv2 import codec
+        from gstratum.protocol.sv2.codec import SetupConnectionFlags
+        from gstratum.protocol.sv2.keys import decode_authority_public_key
+        from gstratum.protocol.sv2.noise import NoiseInitiator
+
+        authority_key = decode_authority_public_key(args.authority_pubkey) if args.authority_pubkey else None
+        extended = args.channel == "extended"
+
     def on_failure(greenlet) -> None:
         stats["errors"] += 1
         if len(error_samples) < 5:
             error_samples.append(repr(greenlet.exception))
 
     group = gevent.pool.Group()
-    miners = [Miner(i) for i in range(args.child_miners)]
+    miners = [(V2Miner if args.protocol == "v2" else Miner)(i) for i in range(args.child_miners)]
+    prepare_cpu = cpu_seconds()
+    if args.protocol == "v2" and args.prepare_keys:
+        # each miner's Noise key (secret + ElligatorSwift encoding, ~90 us) made before the ramp: the ramp then
+        # pays only the two ECDHs (and the certificate check with --authority-pubkey)
+        for miner in miners:
+            miner.prepare()
+    prepare_cpu = cpu_seconds() - prepare_cpu
 
     def ramp() -> None:
         interval = 1.0 / args.child_ramp if args.child_ramp > 0 else 0
@@ -241,6 +398,12 @@ def child_main(args: argparse.Namespace) -> int:
             group.spawn(miner.run).link_exception(on_failure)
             if interval:
                 gevent.sleep(interval)
+
+    def ramp_watch() -> None:
+        """This process's CPU when all its miners are in: the load tool's own cost per handshake."""
+        while stats["handshakes"] < len(miners):
+            gevent.sleep(0.05)
+        ramp_cpu.append(cpu_seconds())
 
     def submitter() -> None:
         rate = args.share_rate * len(miners)
@@ -257,12 +420,15 @@ def child_main(args: argparse.Namespace) -> int:
     def reporter() -> None:
         while True:
             newest = max(jobs.items(), key=lambda item: item[1][1], default=None)   # (job id, [count, first, last])
-            out.write(json.dumps({"type": "progress", **stats, "last_job": newest}) + "\n")
+            out.write(json.dumps({"type": "progress", **stats, "last_job": newest, "cpu_s": cpu_seconds()}) + "\n")
             out.flush()
             gevent.sleep(1.0)
 
     rep = gevent.spawn(reporter)       # progress during the ramp too
     rep.link_exception(on_failure)
+    cpu_before_ramp = cpu_seconds()
+    watcher = gevent.spawn(ramp_watch)
+    watcher.link_exception(on_failure)
     ramper = gevent.spawn(ramp)
     ramper.link_exception(on_failure)
     ramper.join()
@@ -276,11 +442,16 @@ def child_main(args: argparse.Namespace) -> int:
     while any(m.pending for m in miners) and time.monotonic() < settle:
         gevent.sleep(0.05)
     rep.kill()
+    watcher.kill()
     final_stats = dict(stats)
     final_stats["unanswered"] = sum(len(m.pending) for m in miners)
     group.kill(timeout=5)
     out.write(json.dumps({"type": "final", **final_stats, "handshake_ms": handshake_ms,
-                          "share_ms": share_ms[-200_000:], "jobs": jobs, "errors_sample": error_samples}) + "\n")
+                          "share_ms": share_ms[-200_000:], "jobs": jobs, "errors_sample": error_samples,
+                          "rejected_codes": rejected_codes, "cpu_s": cpu_seconds(),
+                          "ramp_cpu_s": ramp_cpu[0] - cpu_before_ramp if ramp_cpu else None,
+                          "prepare_cpu_s": prepare_cpu,
+                          **({"v2": v2_times} if args.protocol == "v2" else {})}) + "\n")
     out.flush()
     return 0
 
@@ -319,8 +490,9 @@ def report(finals: list[dict], args: argparse.Namespace, timeline: list[dict], e
             entry[1] = min(entry[1], first)
             entry[2] = max(entry[2], last)
     subscribed = sum(f["subscribed"] for f in finals)
-    # the first job each miner sees is the one sent with its subscribe: only broadcasts measure fan-out
-    broadcasts = sorted(jobs.items(), key=lambda item: item[1][1])[1:]
+    # V1: the first job each miner sees is the one sent with its subscribe: only broadcasts measure fan-out. V2
+    # miners never count the job and prevhash sent with their channel.
+    broadcasts = sorted(jobs.items(), key=lambda item: item[1][1])[1 if args.protocol == "v1" else 0:]
     fanout = [{"job_id": j, "reached": c, "fraction": round(c / subscribed, 4) if subscribed else 0.0,
                "spread_ms": round((last - first) * 1000, 2), "first_at": first, "last_at": last}
               for j, (c, first, last) in broadcasts]
@@ -344,7 +516,27 @@ def report(finals: list[dict], args: argparse.Namespace, timeline: list[dict], e
         "resumed_changed_extranonce1": sum(f["resumed_changed"] for f in finals),
         "connect_failures": sum(f["connect_failures"] for f in finals),
         "errors_sample": [e for f in finals for e in f["errors_sample"]][:10], "timeline": timeline,
+        "protocol": args.protocol,
     }
+    codes: dict[str, int] = {}
+    for f in finals:
+        for code, count in f.get("rejected_codes", {}).items():
+            codes[code] = codes.get(code, 0) + count
+    result["rejected_by_code"] = codes
+    # the load tool's own CPU: all of it, and per handshake up to the moment each process had all its miners in
+    result["client_cpu_s"] = round(sum(f["cpu_s"] for f in finals), 3)
+    ramps = [f["ramp_cpu_s"] for f in finals]
+    if ramps and None not in ramps and result["handshakes"]:
+        per_handshake = sum(ramps) / result["handshakes"]
+        result["client_cpu_us_per_handshake"] = round(per_handshake * 1e6, 1)
+        result["client_handshakes_per_cpu_second"] = round(1 / per_handshake) if per_handshake else None
+    if args.protocol == "v2":
+        result["channel"] = args.channel
+        result["client_prepare_cpu_s"] = round(sum(f["prepare_cpu_s"] for f in finals), 3)
+        for name in ("connect_ms", "noise_ms", "setup_ms", "noise_cpu_us"):
+            values = [v for f in finals for v in f["v2"][name]]
+            result[name] = {"p50": percentile(values, 50), "p99": percentile(values, 99),
+                            "max": max(values) if values else None}
     return result
 
 
@@ -364,7 +556,24 @@ def markdown(result: dict) -> str:
             ("server CPU per handshake, ramp (us)", fmt(result.get("server_cpu_us_per_handshake"))),
             ("server CPU per share after the ramp (us)", fmt(result.get("server_cpu_us_per_share_after_ramp"))),
             ("drops / errors / connect failures",
-             f"{result['drops']} / {result['errors']} / {result['connect_failures']}")]
+             f"{result['drops']} / {result['errors']} / {result['connect_failures']}"),
+            ("rejected by code", ", ".join(f"{k} {v}" for k, v in sorted(result["rejected_by_code"].items())) or "-"),
+            ("load tool CPU per handshake, ramp (us) / handshakes per CPU second",
+             " / ".join(fmt(result.get(k)) for k in ("client_cpu_us_per_handshake",
+                                                      "client_handshakes_per_cpu_second")))]
+    if result["protocol"] == "v2":
+        def p3(name):
+            return " / ".join(fmt(result[name][k]) for k in ("p50", "p99", "max"))
+
+        rows[1:2] = [(f"V2 {result['channel']} channel: connect -> channel open p50 / p99 / max (ms)",
+                      " / ".join(fmt(result["handshake_ms"][k]) for k in ("p50", "p99", "max"))),
+                     ("connect -> SetupConnection.Success p50 / p99 / max (ms)", p3("setup_ms")),
+                     ("Noise handshake alone p50 / p99 / max (ms)", p3("noise_ms")),
+                     ("TCP connect p50 / p99 / max (ms)", p3("connect_ms")),
+                     ("load tool CPU per Noise handshake p50 / p99 / max (us)", p3("noise_cpu_us"))]
+        rows[rows.index(next(r for r in rows if r[0].startswith("share round trip")))] = (
+            "share round trip, to the answer covering it, p50 / p99 (ms)",
+            " / ".join(fmt(result["share_rtt_ms"][k]) for k in ("p50", "p99")))
     table = "| what | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     recent = result["jobs"][-10:]
     if recent:   # per job: who got it and how far apart the first and last arrivals were (all jobs: --json)
@@ -416,8 +625,12 @@ def parent_main(args: argparse.Namespace) -> int:
                "--child-ramp", str(args.ramp / args.procs if args.ramp > 0 else 0), "--hard-deadline", str(hard),
                "--host", str(address), "--port", str(args.port), "--duration", str(args.duration),
                "--share-rate", str(args.share_rate), "--pipeline", str(args.pipeline), "--src-ips", str(args.src_ips),
-               "--worker-prefix", args.worker_prefix] + (["--users", args.users] if args.users else []) + (["--configure"] if args.configure else []) + (
-               ["--reconnect"] if args.reconnect else [])
+               "--worker-prefix", args.worker_prefix, "--protocol", args.protocol, "--channel", args.channel,
+               "--prepare-keys" if args.prepare_keys else "--no-prepare-keys", "--nominal-hashrate",
+               str(args.nominal_hashrate)]
+        cmd += ["--authority-pubkey", args.authority_pubkey] if args.authority_pubkey else []
+        cmd += (["--users", args.users] if args.users else []) + (["--configure"] if args.configure else []) + (
+            ["--reconnect"] if args.reconnect else [])
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     cpu_before = server_cpu(args.server_pid)
     selector = selectors.DefaultSelector()
@@ -507,6 +720,17 @@ def main() -> int:
     parser.add_argument("--worker-prefix", default="load")
     parser.add_argument("--users", help="a file of user names (e.g. solo payout addresses), one per line, used in turn "
                                         "instead of --worker-prefix")
+    parser.add_argument("--protocol", choices=["v1", "v2"], default="v1",
+                        help="v2: Stratum V2 miners (Noise, binary frames) on the server's --sv2-port (as --port)")
+    parser.add_argument("--channel", choices=["standard", "extended"], default="standard",
+                        help="V2: the channel each miner opens (--configure: roll versions inside 1fffe000)")
+    parser.add_argument("--nominal-hashrate", type=float, default=0.0,
+                        help="V2: the hashrate each channel announces (0, the default: the port's difficulty, as V1 "
+                             "miners get; the firmware announces 1e12, which vardiff turns into its difficulty)")
+    parser.add_argument("--authority-pubkey", help="V2: pin the pool's authority key (costs a Schnorr check per miner)")
+    parser.add_argument("--prepare-keys", action=argparse.BooleanOptionalAction, default=True,
+                        help="V2: make each miner's Noise key before the ramp (default), so the ramp measures the "
+                             "handshake, not the key generation")
     parser.add_argument("--json", help="write the report as JSON to this file")
     parser.add_argument("--plot", help="write a PNG plot (needs matplotlib)")
     parser.add_argument("--server-pid", type=int, help="report this server process's CPU time per operation")

@@ -11,7 +11,8 @@ from gstratum.client import ProtocolViolation, StratumClient, StratumRejected, p
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--url", default="stratum+tcp://127.0.0.1:3333", help="server, stratum+tcp://host:port")
+    add("--url", help="server: stratum+tcp://host:port (V1, default stratum+tcp://127.0.0.1:3333); V2: host:port "
+                      "or stratum2+tcp://host:port[/AUTHORITY_PUBKEY]")
     add("--user", default="worker1", help="worker name to authorize")
     add("--password", default="x")
     add("--notifications", type=int, default=1, help="exit after this many mining.notify (0: run until --duration)")
@@ -21,9 +22,21 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add("--bad-shares", dest="bad_shares", action="store_true",
         help="send each kind of invalid share and check the server's error codes")
     add("--suggest-difficulty", dest="suggest_difficulty", type=float, help="send mining.suggest_difficulty first")
-    add("--version-rolling", dest="version_rolling", choices=["bip310", "delta"],
+    add("--version-rolling", dest="version_rolling", choices=["bip310", "delta"], nargs="?", const="bip310",
         help="negotiate BIP310 and roll header versions while mining, submitting version_bits as cgminer does "
-             "(bip310) or as the Bitaxe firmware does (delta: only the bits changed)")
+             "(bip310) or as the Bitaxe firmware does (delta: only the bits changed); with --protocol v2: roll "
+             "inside 1fffe000 where the pool allows it (the value does not matter)")
+    add("--protocol", choices=["v1", "v2"], default="v1",
+        help="Stratum V1 (default) or Stratum V2 (Noise-encrypted; --url host:port or stratum2+tcp://host:port/KEY)")
+    add("--channel", choices=["standard", "extended"], default="standard",
+        help="V2: the channel to open (standard: SetupConnection flag REQUIRES_STANDARD_JOBS, as the firmware does)")
+    add("--authority-pubkey", dest="authority_pubkey",
+        help="V2: pin the pool's authority public key (what `gstratum sv2-key` prints); default: accept any")
+    add("--nominal-hashrate", dest="nominal_hashrate", type=float, default=0.0,
+        help="V2: the hashrate the channel announces (0, the default: the port's difficulty, as a proxy with no "
+             "device yet; the Bitaxe firmware announces 1e12, which a pool with vardiff turns into its difficulty)")
+    add("--firmware-limits", dest="firmware_limits", action="store_true",
+        help="V2: refuse what breaks the Bitaxe firmware (frames over 8,192 bytes, more than 20 merkle path entries)")
 
 
 def _print(message: dict) -> None:
@@ -31,8 +44,12 @@ def _print(message: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.protocol == "v2":
+        from gstratum.client.sv2cli import run_v2
+
+        return run_v2(args)
     try:
-        host, port = parse_url(args.url)
+        host, port = parse_url(args.url or "stratum+tcp://127.0.0.1:3333")
     except ValueError as exc:
         print(f"client: {exc}", file=sys.stderr)
         return 2
