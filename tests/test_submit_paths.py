@@ -157,9 +157,9 @@ def test_a_share_is_judged_at_the_difficulty_its_job_was_sent_at():
     assert pair.share_rows()[-1][8] == high
     # a job broadcast after the change is sent (and judged) at the new difficulty
     pair.deliver()
-    fresh = pair.job()
-    nonce, ntime = pair.share(fresh, high)
-    assert pair.code("w", fresh[0], "00000001", ntime, nonce) is None
+    fresh = pair.job()      # (the random source's next job has the same coinbase: new work needs a new extranonce2)
+    nonce, ntime = pair.share(fresh, high, extranonce2=b"\0\0\0\4")
+    assert pair.code("w", fresh[0], "00000004", ntime, nonce) is None
     assert pair.share_rows()[-1][8] == high
 
 
