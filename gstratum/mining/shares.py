@@ -45,7 +45,7 @@ class ShareResult:
 
 
 class HeaderTemplate:
-    __slots__ = ("coinb1", "coinb2", "branch", "prevhash", "nbits", "version")
+    __slots__ = ("coinb1", "coinb2", "branch", "prevhash", "nbits", "version", "_coinb1_state")
 
     def __init__(self, coinb1: bytes, coinb2: bytes, branch: tuple[bytes, ...], prevhash: bytes, nbits: bytes,
                  version: int) -> None:
@@ -55,6 +55,7 @@ class HeaderTemplate:
         self.prevhash = prevhash      # internal order, as in the header
         self.nbits = nbits            # 4 bytes, header order
         self.version = version        # the job's version as an int
+        self._coinb1_state = _sha256(coinb1)   # SHA-256 over coinb1, once: each coinbase hash resumes from here
 
     @classmethod
     def from_stratum(cls, prevhash: str, coinb1: str, coinb2: str, merkle_branch: list[str], version: str,
@@ -63,7 +64,9 @@ class HeaderTemplate:
                    stratum_prevhash_to_header(prevhash), bytes.fromhex(nbits)[::-1], int(version, 16))
 
     def merkle_root(self, extranonce1: bytes, extranonce2: bytes) -> bytes:
-        root = _sha256(_sha256(self.coinb1 + extranonce1 + extranonce2 + self.coinb2).digest()).digest()
+        first = self._coinb1_state.copy()
+        first.update(extranonce1 + extranonce2 + self.coinb2)
+        root = _sha256(first.digest()).digest()
         for step in self.branch:
             root = _sha256(_sha256(root + step).digest()).digest()
         return root

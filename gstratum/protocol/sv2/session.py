@@ -17,6 +17,7 @@ refusals go out at once with the share's sequence number.
 from __future__ import annotations
 
 import logging
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -367,42 +368,71 @@ class Sv2Session:
     # -- jobs going out ---------------------------------------------------------------------------------------------
     def job_frames(self, job: Job) -> list[bytes]:
         """A new job for every channel: a new block's as a future job and its SetNewPrevHash, another one active
-        at once; SetTarget first when vardiff has a retarget due."""
+        at once; SetTarget first when vardiff has a retarget due. The broadcast's hot loop: every frame that is the
+        same for all channels but its channel id is encoded once per job and patched."""
         frames = []
-        now = self.services.clock()
+        services = self.services
+        now = services.clock()
+        cutoff = services.vardiff.due_cutoff(now)
         for channel in self.channels.values():
-            proposal = channel.core.vardiff.proposal(channel.core.difficulty, now)
-            if proposal is not None:
-                frames.append(self._set_target(channel, self._bounded(proposal)))
+            vardiff = channel.core.vardiff
+            if vardiff.since <= cutoff:          # a retarget may be due (one float compare for the others)
+                proposal = vardiff.proposal(channel.core.difficulty, now)
+                if proposal is not None:
+                    frames.append(self._set_target(channel, self._bounded(proposal)))
             frames += self._job_frames(channel, job, future=job.clean_jobs)
         return frames
 
     def _job_frames(self, channel: Sv2Channel, job: Job, future: bool) -> list[bytes]:
         job = job.for_payout(channel.core.payout_script)
+        frames = _JobFrames.of(job, future)
+        channel_id = _CHANNEL_ID(channel.channel_id)
+        if channel.extended:
+            first = frames.extended_job(channel_id)
+        else:
+            first = frames.standard_job(channel_id, job.template.merkle_root(channel.core.extranonce1, b""))
+        return [first, frames.prevhash(channel_id)] if future else [first]
+
+
+_CHANNEL_ID = struct.Struct("<I").pack
+_HEAD = codec.FRAME_HEADER_SIZE
+
+
+class _JobFrames:
+    """One job's V2 frames, encoded once (with channel id 0) and patched per channel: NewExtendedMiningJob and
+    SetNewPrevHash are the same for every channel but the id; NewMiningJob but the id and its merkle root."""
+
+    __slots__ = ("extended", "standard_head", "prevhash_frame")
+
+    def __init__(self, job: Job, future: bool) -> None:
         template = job.template
         min_ntime = None if future else job.ntime_int
-        if channel.extended:
-            frames = [_extended_job(job, template, min_ntime)(channel.channel_id)]
-        else:
-            root = template.merkle_root(channel.core.extranonce1, b"")
-            frames = [codec.encode_frame(codec.NewMiningJob(channel.channel_id, job.seq, min_ntime, job.version_int,
-                                                            root))]
-        if future:
-            frames.append(codec.encode_frame(codec.SetNewPrevHash(channel.channel_id, job.seq, template.prevhash,
-                                                                  job.ntime_int, int(job.nbits, 16))))
+        self.extended = codec.encode_frame(codec.NewExtendedMiningJob(
+            0, job.seq, min_ntime, job.version_int, True, list(template.branch), template.coinb1, template.coinb2))
+        self.standard_head = codec.encode_frame(
+            codec.NewMiningJob(0, job.seq, min_ntime, job.version_int, bytes(32)))[:-32]
+        self.prevhash_frame = codec.encode_frame(codec.SetNewPrevHash(0, job.seq, template.prevhash, job.ntime_int,
+                                                                      int(job.nbits, 16)))
+
+    @classmethod
+    def of(cls, job: Job, future: bool) -> "_JobFrames":
+        key = ("sv2", future)
+        frames = job.encoded.get(key)
+        if frames is None:
+            frames = job.encoded[key] = cls(job, future)
         return frames
 
+    def extended_job(self, channel_id: bytes) -> bytes:
+        frame = self.extended
+        return frame[:_HEAD] + channel_id + frame[_HEAD + 4:]
 
-def _extended_job(job: Job, template, min_ntime: int | None) -> Callable[[int], bytes]:
-    """NewExtendedMiningJob's frame for a channel id: the payload is the same for every extended channel but its
-    first four bytes, so it is encoded once per (job, future or not) and patched per channel."""
-    key = ("sv2-extended", min_ntime is None)
-    frame = job.encoded.get(key)
-    if frame is None:
-        frame = job.encoded[key] = codec.encode_frame(codec.NewExtendedMiningJob(
-            0, job.seq, min_ntime, job.version_int, True, list(template.branch), template.coinb1, template.coinb2))
-    head = codec.FRAME_HEADER_SIZE
-    return lambda channel_id: frame[:head] + channel_id.to_bytes(4, "little") + frame[head + 4:]
+    def standard_job(self, channel_id: bytes, merkle_root: bytes) -> bytes:
+        head = self.standard_head
+        return head[:_HEAD] + channel_id + head[_HEAD + 4:] + merkle_root
+
+    def prevhash(self, channel_id: bytes) -> bytes:
+        frame = self.prevhash_frame
+        return frame[:_HEAD] + channel_id + frame[_HEAD + 4:]
 
 
 _HANDLERS: dict[type, Callable] = {
