@@ -96,7 +96,8 @@ class Sv2Session:
     """One V2 connection's protocol state. Not thread-safe; driven by its connection greenlet (and the broadcast)."""
 
     __slots__ = ("services", "core", "connection_id", "remote_addr", "setup", "standard_only", "channels",
-                 "_next_channel", "requests", "errors", "last_activity", "user_agent", "opening", "unacked")
+                 "_next_channel", "requests", "errors", "last_activity", "user_agent", "opening", "unacked",
+                 "workers")
 
     def __init__(self, services, connection_id: str, remote_addr: str = "0.0.0.0") -> None:
         """`services`: gstratum.protocol.session.Services (the core and this port's settings), as V1's."""
@@ -114,6 +115,7 @@ class Sv2Session:
         self.user_agent = ""
         self.opening = 0                # channels being opened (an extranonce1 on its way)
         self.unacked = False            # some channel has accepted shares to acknowledge
+        self.workers: dict[str, str | None] = {}     # the channels' logins (what the server's registries read)
 
     # -- what the server's registries read (the same names as a V1 session's) -----------------------------------
     @property
@@ -123,10 +125,6 @@ class Sv2Session:
     @property
     def session_id(self) -> None:
         return None                     # V2 has no session resumption
-
-    @property
-    def workers(self) -> dict[str, str | None]:
-        return {c.worker: c.address for c in self.channels.values()}
 
     @property
     def difficulty(self) -> float:
@@ -234,6 +232,7 @@ class Sv2Session:
         channel = Sv2Channel(channel_id, request.extended, base, request.user_identity, request.address,
                              request.extranonce_size)
         self.channels[channel_id] = channel
+        self.workers[request.user_identity] = request.address
         jobs = services.jobs
         current = jobs.current
         base.schedule.start(current.seq if current is not None else jobs.latest_seq + 1, request.difficulty)
@@ -279,6 +278,7 @@ class Sv2Session:
 
     def close_channel(self, msg: codec.CloseChannel) -> Sv2Output:
         self.channels.pop(msg.channel_id, None)
+        self.workers = {c.worker: c.address for c in self.channels.values()}
         return Sv2Output()
 
     # -- shares -----------------------------------------------------------------------------------------------------
