@@ -35,6 +35,7 @@ run_phase() {  # what protocol port miners ramp extra...
 import json, sys
 r = json.load(open(sys.argv[1]))
 what, protocol = sys.argv[2:]
+protocol += f" ({r['channel']} channels)" if r.get("channel") else ""
 if what == "handshake":
     print(f"  {protocol}: subscribed {r['subscribed']}, handshake p50 {r['handshake_ms']['p50']:.1f} ms / p99 "
           f"{r['handshake_ms']['p99']:.1f} ms, server CPU per handshake {r.get('server_cpu_us_per_handshake')} us")
@@ -52,10 +53,13 @@ for what in handshake shares; do
      > "$WORK/server-$what.log" 2>&1 &
   PID=$!; sleep 5
   echo "$what:"
-  for protocol in v1 v2; do
+  for kind in v1 v2:extended v2:standard; do
+    protocol=${kind%%:*}; channel=${kind#*:}; [ "$channel" = v1 ] && channel=extended
     port=$P; [ $protocol = v2 ] && port=$P2
-    if [ $what = handshake ]; then run_phase handshake $protocol "$port" 2000 250 --duration 3 --channel extended
-    else run_phase shares $protocol "$port" 1000 250 --duration 20 --share-rate 20 --channel extended; fi
+    if [ $what = handshake ]; then
+      [ "$kind" = v2:standard ] && continue
+      run_phase handshake $protocol "$port" 2000 250 --duration 3 --channel extended
+    else run_phase shares $protocol "$port" 1000 250 --duration 20 --share-rate 20 --channel "$channel"; fi
   done
   kill "$PID"; wait "$PID" 2>/dev/null; PID=
 done

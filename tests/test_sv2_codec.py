@@ -65,6 +65,21 @@ def test_the_header_carries_the_channel_bit_as_bytes_00_80(msg_type, data):
     assert frame[:3] == (b"\x00\x80" if cls.CHANNEL_MSG else b"\x00\x00") + bytes([msg_type])
 
 
+@pytest.mark.parametrize("msg_type", sorted(t for t, cls in MESSAGES.items() if hasattr(cls, "frame")))
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_a_fixed_size_message_framed_from_its_values_is_the_encoded_frame(msg_type, data):
+    cls = MESSAGES[msg_type]
+    message = data.draw(instances(cls))
+    assert cls.frame(*(getattr(message, name) for name, _ in cls.FIELDS)) == encode_frame(message)
+
+
+def test_the_hot_path_messages_have_a_one_pack_frame():
+    assert hasattr(codec.SubmitSharesSuccess, "frame") and hasattr(codec.SubmitSharesStandard, "frame")
+    with pytest.raises(codec.CodecError):
+        codec.SubmitSharesSuccess.frame(1, 2, 3, -1)
+
+
 # --- exact bytes --------------------------------------------------------------------------------------------------
 
 def test_submit_shares_standard_as_the_firmware_builds_it():

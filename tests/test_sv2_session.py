@@ -136,6 +136,29 @@ def test_a_standard_channel_gets_its_job_and_its_shares_are_judged_and_acknowled
     assert [(r[2], r[10]) for r in rows] == [("w.std", True), ("w.std", True)]
 
 
+def test_a_standard_channel_hashes_its_coinbase_once_per_job_and_keeps_only_live_jobs_roots():
+    """A standard channel's shares are judged on the root sent in NewMiningJob (the pool fixed the whole
+    extranonce): a share on an older live job is judged on that job's root, and the roots kept are the live jobs'."""
+    pair = V2Pair()
+    pair.setup()
+    success, first, prevhash = pair.open_standard()
+    channel = pair.session.channels[success.channel_id]
+    later = [pair.deliver()[0] for _ in range(3)]
+    book = pair.harness.book
+    assert list(channel.roots) == [first.job_id] + [job.job_id for job in later]
+    assert [channel.roots[job.job_id] for job in later] == [job.merkle_root for job in later]
+    target = u256_to_int(success.target)
+    nonce, ntime, version = standard_share(first, prevhash, target)        # the oldest job, still live
+    assert pair.send(codec.SubmitSharesStandard(success.channel_id, 1, first.job_id, nonce, ntime, version)) == []
+    missed, ntime, version = standard_share(first, prevhash, target, miss=True)
+    refused = pair.send(codec.SubmitSharesStandard(success.channel_id, 2, first.job_id, missed, ntime, version))
+    assert refused == [codec.SubmitSharesError(success.channel_id, 2, ErrorCode.DIFFICULTY_TOO_LOW)]
+    for _ in range(2):
+        pair.deliver(clean=True)
+    assert list(channel.roots) == [book.current.seq]                       # a new block: older roots dropped
+    assert len(book) == 1
+
+
 def test_every_refusal_has_its_v2_error_code():
     pair = V2Pair()
     pair.setup()

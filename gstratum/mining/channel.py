@@ -127,18 +127,19 @@ class MiningCore:
 
     def submit(self, channel: Channel, worker: str, job_id: str, extranonce2: bytes, ntime: int, nonce: int,
                version_bits: int | None, now: float, text: tuple | None = None,
-               address: str | None = None) -> ShareOutcome:
+               address: str | None = None, merkle_root: bytes | None = None) -> ShareOutcome:
         """Judge a well-formed share from an authorized worker of `channel` and account for it. `text`: the
         (extranonce2, ntime, nonce, version_bits) hex strings as the row stores them, when the front end has them
         already (V1); else they are formatted here (V2). `address`: PPLNS, the address the worker's login names,
-        which an accepted share credits."""
+        which an accepted share credits. `merkle_root`: this job's root for this extranonce when the front end
+        computed it already (see `judge`)."""
         job, difficulty = channel.schedule.lookup(job_id, self.jobs)
         if job is None:
             return self._rejected(channel, worker, job_id, StratumCode.JOB_NOT_FOUND, "Job not found (stale)",
                                   difficulty, None, now, text or _text(extranonce2, ntime, nonce, version_bits))
         job = job.for_payout(channel.payout_script)
         verdict = judge(job, difficulty, channel.extranonce1, extranonce2, ntime, nonce, version_bits,
-                        channel.version_mask, now, self.ledger, self.network_target)
+                        channel.version_mask, now, self.ledger, self.network_target, merkle_root)
         fields = text or _text(extranonce2, ntime, nonce, version_bits)
         if verdict.code is not None:
             return self._rejected(channel, worker, job_id, verdict.code, verdict.message, difficulty,

@@ -143,11 +143,13 @@ def rolled_versions(job_version: int, bits: int, mask: int) -> tuple[int, ...] |
 
 def judge(job, difficulty: float, extranonce1: bytes, extranonce2: bytes, ntime: int, nonce: int,
           version_bits: int | None, version_mask: int, now: float, ledger,
-          network_target: Callable[[object], int] | None = None) -> Verdict:
+          network_target: Callable[[object], int] | None = None, merkle_root: bytes | None = None) -> Verdict:
     """The verdict on a well-formed share for a live job, in the order the protocol's error codes imply: ntime out
     of range 20, version bits outside the negotiated mask 20, duplicate 22, low difficulty 23. `ledger`
     (gstratum.mining.ledger.ShareLedger): the work already credited, to which an accepted share is added.
-    Pure: no clock, no I/O; protocol-free (V1 parses hex into these values, V2 has them as integers)."""
+    Pure: no clock, no I/O; protocol-free (V1 parses hex into these values, V2 has them as integers).
+    `merkle_root`: the root of this extranonce's coinbase when the caller knows it already (a V2 standard
+    channel's, computed once per job when the job was sent): the coinbase and branch are not hashed again."""
     if ntime < job.ntime_int or ntime > now + MAX_NTIME_AHEAD:
         return Verdict(StratumCode.OTHER, "ntime out of range")
     if version_bits is None:
@@ -157,7 +159,7 @@ def judge(job, difficulty: float, extranonce1: bytes, extranonce2: bytes, ntime:
         if versions is None:
             return Verdict(StratumCode.OTHER, "Version bits outside the negotiated mask")
     template = job.template
-    root = template.merkle_root(extranonce1, extranonce2)
+    root = merkle_root or template.merkle_root(extranonce1, extranonce2)
     target = share_target(difficulty)
     prevhash = job.prevhash
     first = None

@@ -104,7 +104,8 @@ class Frame(NamedTuple):
 
 class Message:
     """Base of every message: `encode()` gives the payload, `decode(payload)` the message (CodecError otherwise).
-    Subclasses are made by `@message(...)`; their FIELDS are (name, FieldCodec) pairs in wire order."""
+    Subclasses are made by `@message(...)`; their FIELDS are (name, FieldCodec) pairs in wire order. A message of
+    fixed-size fields only also has `frame(*values)`: its whole plaintext frame in one struct pack."""
 
     __slots__ = ()
     MSG_TYPE: ClassVar[int]
@@ -167,6 +168,35 @@ def _compile(cls: type) -> None:
                 return pack(*getter(self))
             except (struct.error, TypeError, OverflowError) as exc:
                 raise CodecError(f"{self.NAME}: {exc}") from None
+
+        if not checked:
+            # the whole plaintext frame from the field values in one pack: no message object on the way (the
+            # batched SubmitShares.Success of every V2 share goes out this way)
+            framed = struct.Struct(FRAME_HEADER.format + layout.format.lstrip("<")).pack
+            head = (CHANNEL_MSG if cls.CHANNEL_MSG else 0, cls.MSG_TYPE, size & 0xFFFF, size >> 16)
+
+            def frame(*values, _cls=cls) -> bytes:
+                try:
+                    return framed(*head, *values)
+                except (struct.error, TypeError, OverflowError) as exc:
+                    raise CodecError(f"{_cls.NAME}: {exc}") from None
+
+            cls.frame = staticmethod(frame)
+    elif len(segments) == 2 and isinstance(segments[0][0], struct.Struct):
+        # fixed fields, then one variable one (SubmitSharesExtended: a share's hot path): no loop, no isinstance
+        (layout, head_names), (tail, (tail_name,)) = segments
+        unpack_from, head_size, read_last = layout.unpack_from, layout.size, tail.read_last
+
+        def decode(payload: bytes, _cls=cls):
+            try:
+                return _cls(*unpack_from(payload), read_last(payload, head_size))
+            except struct.error:
+                raise CodecError(f"{_cls.NAME} truncated at byte 0") from None
+            except CodecError as exc:
+                raise CodecError(f"{_cls.NAME}: {exc}") from None
+
+        plan = tuple((seg, _getter(names)) for seg, names in segments)
+        encode = _plan_encoder(plan, checked)
     else:
         plan = tuple((seg, _getter(names)) for seg, names in segments)
 
@@ -187,22 +217,29 @@ def _compile(cls: type) -> None:
                 raise CodecError(f"{_cls.NAME}: {len(payload) - offset} unexpected bytes after the last field")
             return _cls(*values)
 
-        def encode(self) -> bytes:
-            for name, field_codec in checked:
-                field_codec.check(getattr(self, name))
-            parts = []
-            try:
-                for seg, getter in plan:
-                    if isinstance(seg, struct.Struct):
-                        parts.append(seg.pack(*getter(self)))
-                    else:
-                        parts.append(seg.write(getter(self)[0]))
-            except (struct.error, TypeError, OverflowError) as exc:
-                raise CodecError(f"{self.NAME}: {exc}") from None
-            return b"".join(parts)
+        encode = _plan_encoder(plan, checked)
 
     cls.decode = staticmethod(decode)
     cls.encode = encode
+
+
+def _plan_encoder(plan: tuple, checked: tuple):
+    """encode() for a message of several segments (struct runs and variable-size fields), in order."""
+    def encode(self) -> bytes:
+        for name, field_codec in checked:
+            field_codec.check(getattr(self, name))
+        parts = []
+        try:
+            for seg, getter in plan:
+                if isinstance(seg, struct.Struct):
+                    parts.append(seg.pack(*getter(self)))
+                else:
+                    parts.append(seg.write(getter(self)[0]))
+        except (struct.error, TypeError, OverflowError) as exc:
+            raise CodecError(f"{self.NAME}: {exc}") from None
+        return b"".join(parts)
+
+    return encode
 
 
 def _getter(names: tuple[str, ...]):

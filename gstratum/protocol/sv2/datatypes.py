@@ -42,6 +42,13 @@ class FieldCodec:
     def check(self, value: Any) -> None:
         """Extra validation for a struct-packed value that struct itself would accept wrongly (none by default)."""
 
+    def read_last(self, data: bytes, offset: int) -> Any:
+        """The value of a message's last field, which must end exactly where the payload does."""
+        value, end = self.read(data, offset)
+        if end != len(data):
+            raise CodecError(f"{len(data) - end} unexpected bytes after the last field")
+        return value
+
     def __repr__(self) -> str:
         return self.name
 
@@ -146,6 +153,18 @@ class _Bytes(_Prefixed):
             raise CodecError(f"{self.name} announces {length} bytes, {len(data) - start} remain")
         return bytes(data[start:end]), end
 
+    def read_last(self, data: bytes, offset: int) -> bytes:
+        if self.prefix != 1:
+            return super().read_last(data, offset)
+        if offset >= len(data):                 # a one-byte length (B0_32, B0_255): SubmitSharesExtended's extranonce
+            raise CodecError(f"truncated {self.name} length at byte {offset}")
+        length = data[offset]
+        if length > self.limit:
+            raise CodecError(f"{self.name} length {length} exceeds {self.limit}")
+        if offset + 1 + length != len(data):
+            raise CodecError(f"{self.name} announces {length} bytes, {len(data) - offset - 1} follow")
+        return bytes(data[offset + 1:])
+
     def write(self, value: bytes) -> bytes:
         if not isinstance(value, (bytes, bytearray)):
             raise CodecError(f"{self.name} takes bytes, not {type(value).__name__}")
@@ -163,6 +182,8 @@ class _Str(_Bytes):
             return raw.decode("utf-8"), end
         except UnicodeDecodeError:
             raise CodecError(f"{self.name} at byte {offset} is not valid UTF-8") from None
+
+    read_last = FieldCodec.read_last        # through `read` above: text, not _Bytes' raw fast path
 
     def write(self, value: str) -> bytes:
         if not isinstance(value, str):

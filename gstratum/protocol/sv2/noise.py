@@ -299,6 +299,8 @@ class NoiseConnection:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame]:
+        """The complete frames in the bytes received so far (every share goes through here: the AEAD is called
+        directly, the nonce kept in a local and stored once, rather than through CipherState per message)."""
         if self._failed:
             raise NoiseError("the connection already failed")
         if self._buffer:
@@ -309,15 +311,20 @@ class NoiseConnection:
         size = len(buf)
         pos = 0
         frames = []
-        decrypt = self._recv.decrypt
+        cipher = self._recv
+        decrypt = cipher._aead.decrypt
+        nonce = cipher.nonce
         pending = self._pending
         try:
             while True:
                 if pending is None:
                     if size - pos < ENCRYPTED_HEADER_SIZE:
                         break
+                    if nonce >= _MAX_NONCE:
+                        raise NoiseError("nonce space exhausted")
                     extension_type, msg_type, length_low, length_high = _unpack_header(
-                        decrypt(buf[pos:pos + ENCRYPTED_HEADER_SIZE]))
+                        decrypt(_NONCE(nonce), buf[pos:pos + ENCRYPTED_HEADER_SIZE], None))
+                    nonce += 1
                     pos += ENCRYPTED_HEADER_SIZE
                     length = length_low | length_high << 16
                     if length > self.max_payload:
@@ -331,23 +338,41 @@ class NoiseConnection:
                     pending = (extension_type, msg_type, wire_length)
                     break
                 if wire_length <= MAX_CIPHERTEXT_CHUNK:
-                    payload = decrypt(buf[pos:pos + wire_length]) if wire_length else b""
+                    if wire_length:
+                        if nonce >= _MAX_NONCE:
+                            raise NoiseError("nonce space exhausted")
+                        payload = decrypt(_NONCE(nonce), buf[pos:pos + wire_length], None)
+                        nonce += 1
+                    else:
+                        payload = b""
                 else:
                     end = pos + wire_length
-                    payload = b"".join(decrypt(buf[start:min(start + MAX_CIPHERTEXT_CHUNK, end)])
-                                       for start in range(pos, end, MAX_CIPHERTEXT_CHUNK))
+                    chunks = []
+                    for start in range(pos, end, MAX_CIPHERTEXT_CHUNK):
+                        if nonce >= _MAX_NONCE:
+                            raise NoiseError("nonce space exhausted")
+                        chunks.append(decrypt(_NONCE(nonce), buf[start:min(start + MAX_CIPHERTEXT_CHUNK, end)], None))
+                        nonce += 1
+                    payload = b"".join(chunks)
                 pos += wire_length
                 frames.append(_new_tuple(Frame, (extension_type, msg_type, payload)))
+        except InvalidTag:
+            self._fail()
+            raise BadTag(f"AEAD tag check failed (nonce {nonce}, at byte {pos} of {size})") from None
         except Sv2Error:
-            self._failed = True
-            self._buffer = bytearray()
+            self._fail()
             raise
+        cipher.nonce = nonce
         self._pending = pending
         if buf is self._buffer:
             del buf[:pos]
         elif pos < size:
             self._buffer = bytearray(buf[pos:])
         return frames
+
+    def _fail(self) -> None:
+        self._failed = True
+        self._buffer = bytearray()
 
     def encrypt(self, frame: bytes) -> bytes:
         """Wire bytes for one plaintext frame: the encrypted header, then the payload in 65519-byte chunks."""
@@ -358,11 +383,18 @@ class NoiseConnection:
         length = size - FRAME_HEADER_SIZE
         if length_low | length_high << 16 != length:
             raise FrameError(f"header says {length_low | length_high << 16} payload bytes, frame carries {length}")
-        encrypt = self._send.encrypt
+        cipher = self._send
+        if length and length <= MAX_PLAINTEXT_CHUNK:      # nearly every frame: header and payload, two nonces
+            nonce = cipher.nonce
+            if nonce >= _MAX_NONCE - 1:
+                raise NoiseError("nonce space exhausted")
+            cipher.nonce = nonce + 2
+            encrypt = cipher._aead.encrypt
+            return (encrypt(_NONCE(nonce), frame[:FRAME_HEADER_SIZE], None)
+                    + encrypt(_NONCE(nonce + 1), frame[FRAME_HEADER_SIZE:], None))
+        encrypt = cipher.encrypt
         if length == 0:
             return encrypt(frame)
-        if length <= MAX_PLAINTEXT_CHUNK:
-            return encrypt(frame[:FRAME_HEADER_SIZE]) + encrypt(frame[FRAME_HEADER_SIZE:])
         parts = [encrypt(frame[:FRAME_HEADER_SIZE])]
         for start in range(FRAME_HEADER_SIZE, size, MAX_PLAINTEXT_CHUNK):
             parts.append(encrypt(frame[start:start + MAX_PLAINTEXT_CHUNK]))

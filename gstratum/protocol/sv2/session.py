@@ -73,7 +73,7 @@ class Sv2Channel:
     """One V2 channel: the core's Channel and what V2 adds."""
 
     __slots__ = ("channel_id", "extended", "core", "worker", "address", "extranonce_size", "acked_sequence",
-                 "unacked", "unacked_sum")
+                 "unacked", "unacked_sum", "roots")
 
     def __init__(self, channel_id: int, extended: bool, core: Channel, worker: str, address: str | None,
                  extranonce_size: int) -> None:
@@ -86,6 +86,9 @@ class Sv2Channel:
         self.acked_sequence = 0         # the newest accepted share's sequence number not acknowledged yet
         self.unacked = 0
         self.unacked_sum = 0.0
+        # standard channels: job seq -> the merkle root sent in its NewMiningJob. The pool fixed the whole
+        # extranonce, so a share needs only its header hashed: the coinbase and branch were hashed once, per job.
+        self.roots: dict[int, bytes] = {}
 
 
 def difficulty_of_target(target: int) -> float:
@@ -309,7 +312,7 @@ class Sv2Session:
             out.row(core.malformed(channel.core, channel.worker, job.job_id, "bad extranonce size", now).row)
             return out
         outcome = core.submit(channel.core, channel.worker, job.job_id, extranonce, msg.ntime, msg.nonce,
-                              msg.version, now, None, channel.address)
+                              msg.version, now, None, channel.address, channel.roots.get(job.seq))
         if outcome.code is not None:
             out = self._share_error(msg, SHARE_ERRORS.get(outcome.code, ErrorCode.INVALID_SHARE))
             out.row(outcome.row)
@@ -339,9 +342,8 @@ class Sv2Session:
         if self.unacked:
             for channel in self.channels.values():
                 if channel.unacked:
-                    frames.append(codec.encode_frame(codec.SubmitSharesSuccess(
-                        channel.channel_id, channel.acked_sequence, channel.unacked,
-                        min(int(channel.unacked_sum), 2**64 - 1))))
+                    frames.append(_SUCCESS_FRAME(channel.channel_id, channel.acked_sequence, channel.unacked,
+                                                 min(int(channel.unacked_sum), 2**64 - 1)))
                     channel.unacked, channel.unacked_sum = 0, 0.0
             self.unacked = False
         return frames
@@ -390,11 +392,19 @@ class Sv2Session:
         if channel.extended:
             first = frames.extended_job(channel_id)
         else:
-            first = frames.standard_job(channel_id, job.template.merkle_root(channel.core.extranonce1, b""))
+            root = job.template.merkle_root(channel.core.extranonce1, b"")
+            roots = channel.roots
+            oldest = self.services.jobs.oldest_seq
+            if roots and next(iter(roots)) < oldest:               # only live jobs' roots are kept
+                for seq in [seq for seq in roots if seq < oldest]:
+                    del roots[seq]
+            roots[job.seq] = root
+            first = frames.standard_job(channel_id, root)
         return [first, frames.prevhash(channel_id)] if future else [first]
 
 
 _CHANNEL_ID = struct.Struct("<I").pack
+_SUCCESS_FRAME = codec.SubmitSharesSuccess.frame
 _HEAD = codec.FRAME_HEADER_SIZE
 
 
