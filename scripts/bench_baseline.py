@@ -29,6 +29,7 @@ from gevent.server import StreamServer  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gstratum.mining.jobs import RandomJobSource  # noqa: E402  (well-formed jobs, so the load tool can mine real shares)
+from gstratum.protocol.notify import notify_line  # noqa: E402
 
 
 def main() -> int:
@@ -66,7 +67,7 @@ def main() -> int:
                         n = next(extranonce)
                         out.append(ujson.dumps({"id": message["id"], "error": None, "result": [
                             [["mining.set_difficulty", f"{n:x}d"], ["mining.notify", f"{n:x}"]], f"{n:016x}", 4]})
-                            .encode() + b"\n" + difficulty_line + job[0].notify_line(True))
+                            .encode() + b"\n" + difficulty_line + notify_line(job[0], True))
                         subscribed[raw.fileno()] = raw
                     else:
                         out.append(ujson.dumps({"id": message.get("id"), "result": True, "error": None}).encode()
@@ -84,7 +85,7 @@ def main() -> int:
             gevent.sleep(args.notify_interval)
             job[0] = source.next_job(made % 4 == 0, job[0])
             made += 1
-            line = job[0].notify_line()
+            line = notify_line(job[0])
             started, cpu_started = time.perf_counter(), time.process_time()
             for raw in list(subscribed.values()):
                 try:

@@ -18,6 +18,7 @@ import pytest
 from gstratum.mining import bitcoin, block
 from gstratum.mining.shares import HeaderTemplate
 from gstratum.mining.template import BlockTemplate, TemplateError, split_reward
+from gstratum.protocol.notify import notify_line, notify_params
 
 DATA = Path(__file__).resolve().parent / "data"
 BLOCKS = {entry["height"]: entry for entry in json.loads((DATA / "segwit_blocks.json").read_text())["blocks"]}
@@ -565,9 +566,9 @@ def test_a_solo_variant_line_is_the_shared_line_with_its_own_coinbase():
     coinb1, coinb2 = template.coinbase_parts([(template.coinbasevalue, pool)], b"/t/", 12)
     job = Job("j1", template.stratum_prevhash, coinb1.hex(), coinb2.hex(), (), template.version_hex,
               template.bits_hex, template.curtime_hex, True, 200, coinbase_for=coinbase_for)
-    shared = job.notify_line()
+    shared = notify_line(job)
     variant = job.for_payout(miner)
-    assert variant.notify_line() != shared
-    assert variant.notify_line() == rpc.encode_notification("mining.notify", variant.notify_params())
+    assert notify_line(variant) != shared
+    assert notify_line(variant) == rpc.encode_notification("mining.notify", notify_params(variant))
     assert job.for_payout(miner) is variant and job.for_payout(None) is job
     assert variant.coinb2 == coinbase_for(miner)[1].hex() and miner.hex() in variant.coinb2

@@ -8,6 +8,7 @@ import time
 
 from gstratum.mining.ledger import ShareLedger
 from gstratum.protocol.session import Subscription
+from gstratum.protocol.notify import notify_params
 
 from .sessions import Harness
 from .test_submit_paths import NOW, Pair
@@ -47,9 +48,9 @@ def test_the_same_work_under_another_job_id_is_a_duplicate():
     nonce, ntime = pair.share(job, 1e-6)
     assert pair.code("w", job[0], "00000001", ntime, nonce) is None
     twin = dataclasses.replace(pair.book.current, job_id=pair.book.current.job_id + "b", clean_jobs=False,
-                               _lines={}, _template=None, _variants={})
+                               encoded={}, _template=None, _variants={})
     pair.book.add(twin)
-    pair.notifications += [{"method": "mining.notify", "params": twin.notify_params()}]
+    pair.notifications += [{"method": "mining.notify", "params": notify_params(twin)}]
     assert pair.code("w", twin.job_id, "00000001", ntime, nonce) == 22
     assert len(accepted_rows(pair)) == 1
 
@@ -107,9 +108,9 @@ def signalling_pair() -> tuple[Pair, list]:
     pair.send("mining.configure", [["version-rolling"], {"version-rolling.mask": "1fffe000"}])
     pair.subscribe_and_authorize()
     job = dataclasses.replace(pair.book.current, job_id="sig1", version=f"{SIGNALLING:08x}", clean_jobs=False,
-                              _lines={}, _template=None, _variants={})
+                              encoded={}, _template=None, _variants={})
     pair.book.add(job)
-    return pair, job.notify_params()
+    return pair, notify_params(job)
 
 
 def test_firmware_that_sends_the_bits_it_changed_is_judged_on_the_header_it_hashed():
@@ -140,10 +141,10 @@ def test_a_block_from_a_delta_miner_keeps_the_templates_signalling_bit():
     pair.send("mining.configure", [["version-rolling"], {"version-rolling.mask": "1fffe000"}])
     pair.subscribe_and_authorize()
     job = dataclasses.replace(pair.book.current, job_id="sig2", version=f"{SIGNALLING:08x}", clean_jobs=False,
-                              _lines={}, _template=None, _variants={})
+                              encoded={}, _template=None, _variants={})
     pair.book.add(job)
     rolled = SIGNALLING | (3 << 13)
-    nonce, ntime = pair.share(job.notify_params(), 1e-6, version=rolled)
+    nonce, ntime = pair.share(notify_params(job), 1e-6, version=rolled)
     assert pair.code("w", "sig2", "00000001", ntime, nonce, f"{rolled ^ SIGNALLING:08x}") is None
     (found,) = pair.blocks
     assert int.from_bytes(found.header[:4], "little") == rolled and rolled & (1 << 28)

@@ -51,6 +51,13 @@ def test_the_core_is_pure(path):
             assert within(name, PURE), f"{module_name(path)} (pure) imports {name}"
 
 
+@pytest.mark.parametrize("path", modules(("gstratum.mining",)), ids=lambda p: module_name(p))
+def test_the_mining_core_knows_no_protocol(path):
+    """Jobs, verdicts, vardiff, duplicates and records serve V1 and V2 alike: mining/ imports neither front end."""
+    for name in imports(path):
+        assert not within(name, ("gstratum.protocol",)), f"{module_name(path)} imports {name}"
+
+
 @pytest.mark.parametrize("path", modules(("gstratum.client",)), ids=lambda p: module_name(p))
 def test_the_client_does_not_import_the_server(path):
     for name in imports(path):

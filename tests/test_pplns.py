@@ -567,6 +567,7 @@ def coinbase_sizes(payees: int) -> dict[str, int]:
     merkle branches (65,536 transactions, more than any block holds)."""
     from gstratum.mining import block, template
     from gstratum.mining.jobs import Job
+    from gstratum.protocol.notify import notify_line
 
     gbt = {"version": 0x20000000, "previousblockhash": "00" * 32, "bits": "17034219", "curtime": 1_790_000_000,
            "mintime": 1_789_990_000, "height": 1_000_000, "coinbasevalue": 316_821_987, "transactions": [],
@@ -581,7 +582,7 @@ def coinbase_sizes(payees: int) -> dict[str, int]:
     job = Job(job_id="ffffffffffffffff", prevhash="00" * 32, coinb1=coinb1.hex(), coinb2=coinb2.hex(),
               merkle_branch=("ab" * 32,) * branches, version="20000000", nbits="17034219", ntime="6a4f1d80",
               clean_jobs=True, height=1_000_000)
-    line = job.notify_line()
+    line = notify_line(job)
     assert json.loads(line)["params"][3] == coinb2.hex()
     # Stratum V2 NewExtendedMiningJob: channel_id u32, job_id u32, min_ntime Option<u32> (1 + 4), version u32,
     # version_rolling_allowed bool, merkle_path SEQ0_255[U256] (1 + 32 each), coinbase_tx_prefix and _suffix B0_64K

@@ -5,6 +5,8 @@ import ujson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gstratum.protocol.notify import notify_line
+
 from .sessions import Harness
 
 
@@ -70,8 +72,8 @@ def test_new_jobs_reach_subscribed_session_with_shared_line():
     call(session, "mining.subscribe", [])
     job = source.next_job(clean_jobs=False, previous=session.services.jobs.current)
     session.services.jobs.add(job)
-    assert session.broadcast_lines(job) == [job.notify_line()]
-    assert session.broadcast_lines(job)[0] is job.notify_line()  # encoded once, shared
+    assert session.broadcast_lines(job) == [notify_line(job)]
+    assert session.broadcast_lines(job)[0] is notify_line(job)  # encoded once, shared
 
 
 methods = st.sampled_from(["mining.subscribe", "mining.authorize", "mining.submit", "mining.configure",

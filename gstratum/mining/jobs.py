@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from gstratum.mining import bitcoin
-from gstratum.protocol import rpc
 
 POOL_TAG = b"/gstratum/"
 DEFAULT_NBITS = 0x1D00FFFF  # network difficulty 1: shares at the tiny test difficulties are rarely "blocks"
@@ -39,8 +38,8 @@ class Job:
     block: object = field(default=None, repr=False)        # gstratum.mining.template.BlockTemplate of a node's job
     coinbase_for: Callable[[bytes], tuple[bytes, bytes]] | None = field(default=None, repr=False)   # solo
     payout: object = field(default=None, repr=False)      # PPLNS: the split its coinbase pays (storage.pplns.JobPayout)
-    _lines: dict = field(default_factory=dict, repr=False)
-    encoded: dict = field(default_factory=dict, repr=False)   # other encodings, once per job (Stratum V2 frames)
+    encoded: dict = field(default_factory=dict, repr=False)   # each protocol's encodings, once per job (V1 lines, V2 frames)
+    base: "Job | None" = field(default=None, repr=False)     # the job a payout variant was made from
     _template: object = field(default=None, repr=False)
     _variants: dict = field(default_factory=dict, repr=False)
 
@@ -52,28 +51,10 @@ class Job:
         variant = self._variants.get(script)
         if variant is None:
             coinb1, coinb2 = self.coinbase_for(script)
-            coinb1, coinb2 = coinb1.hex(), coinb2.hex()
-            lines = {}
-            if coinb1 == self.coinb1:   # only the outputs differ: the line is the shared one with coinb2 replaced
-                old, new = f'"{self.coinb2}"'.encode(), f'"{coinb2}"'.encode()
-                lines = {clean: line.replace(old, new, 1) for clean, line in self._lines.items()}
             variant = self._variants[script] = dataclasses.replace(
-                self, coinb1=coinb1, coinb2=coinb2, coinbase_for=None, _lines=lines, _template=None, _variants={},
-                encoded={})
+                self, coinb1=coinb1.hex(), coinb2=coinb2.hex(), coinbase_for=None, base=self, _template=None,
+                _variants={}, encoded={})
         return variant
-
-    def notify_params(self, clean_jobs: bool | None = None) -> list:
-        clean = self.clean_jobs if clean_jobs is None else clean_jobs
-        return [self.job_id, self.prevhash, self.coinb1, self.coinb2, list(self.merkle_branch), self.version,
-                self.nbits, self.ntime, clean]
-
-    def notify_line(self, clean_jobs: bool | None = None) -> bytes:
-        """The encoded mining.notify, built once per job and flag value, shared by every miner."""
-        clean = self.clean_jobs if clean_jobs is None else clean_jobs
-        line = self._lines.get(clean)
-        if line is None:
-            line = self._lines[clean] = rpc.encode_notification("mining.notify", self.notify_params(clean))
-        return line
 
     @property
     def version_int(self) -> int:

@@ -26,6 +26,7 @@ from gstratum.mining.vardiff import VardiffPolicy
 from gstratum.mining.jobs import Job
 from gstratum.protocol import proxy_protocol
 from gstratum.protocol import rpc
+from gstratum.protocol.notify import notify_line
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class StratumServer:
         miner never receives a newer job before an older one."""
         with self._broadcasting:
             started = time.perf_counter()
-            line = job.notify_line()
+            line = notify_line(job)
             targets = list(self.subscribed)
             retarget_cutoff = self.vardiff.due_cutoff(self.clock())
             solo = self.config.solo
@@ -289,7 +290,7 @@ class StratumServer:
                         conn.outbox.send(b"".join(conn.session.broadcast_lines(job)))
                     elif solo:   # the variant paying this miner's address, encoded once per address (see Job)
                         if channel.payout_script is not None:
-                            conn.outbox.send(job.for_payout(channel.payout_script).notify_line())
+                            conn.outbox.send(notify_line(job.for_payout(channel.payout_script)))
                     else:   # the common case, kept lean: the shared line, one send
                         conn.outbox.send(line)
                 cpu += time.process_time() - cpu_started

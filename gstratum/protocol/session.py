@@ -21,6 +21,7 @@ from gstratum.mining.channel import Channel, MiningCore, Output
 from gstratum.mining.jobs import Job
 from gstratum.mining.vardiff import VardiffPolicy
 from gstratum.protocol import rpc
+from gstratum.protocol.notify import notify_line, notify_params
 from gstratum.protocol.rpc import NOT_SUBSCRIBED, OTHER, UNAUTHORIZED, Request, Response, StratumError
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Session:
         proposal = channel.vardiff.proposal(self.difficulty, self.services.clock())
         if proposal is not None:
             lines.append(self._set_difficulty(self._bounded(proposal), applies_from=job.seq))
-        lines.append(job.for_payout(channel.payout_script).notify_line())
+        lines.append(notify_line(job.for_payout(channel.payout_script)))
         return lines
 
     def _set_difficulty(self, difficulty: float, applies_from: int | None = None) -> bytes:
@@ -180,7 +181,7 @@ class Session:
         current = self.services.jobs.current
         script = self.channel.payout_script
         if current is not None and self.subscribed and (self.services.payout_for is None or script):
-            params = current.for_payout(script).notify_params(False)
+            params = notify_params(current.for_payout(script), False)
             params[0] = self.channel.schedule.resend(current, difficulty)
             lines.append(rpc.encode_notification("mining.notify", params))
         return lines
@@ -233,7 +234,7 @@ class Session:
         out.send += [rpc.encode_result(request.request_id, reply),
                      rpc.encode_notification("mining.set_difficulty", [self.difficulty])]
         if current is not None and self.services.payout_for is None:   # solo: the job comes with authorize
-            out.send.append(current.notify_line(True))
+            out.send.append(notify_line(current, True))
         channel.vardiff.reset(self.services.clock())
         return out
 
@@ -287,7 +288,7 @@ class Session:
             return []
         channel.payout_script = script
         current = self.services.jobs.current
-        return [current.for_payout(script).notify_line(True)] if current is not None and self.subscribed else []
+        return [notify_line(current.for_payout(script), True)] if current is not None and self.subscribed else []
 
     def _pplns_address(self, worker: str, request_id) -> str:
         """PPLNS: the user part of ADDRESS[.WORKER] is the address this worker's shares credit, refused with a clear
