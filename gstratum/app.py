@@ -208,7 +208,7 @@ class Pool:
         """This process's live numbers, for /metrics and the API (with --workers, summed by the supervisor)."""
         server, writer = self.server, self.writer
         return {"at": time.time(), "server_id": self.server_id, "processes": 1,
-                "connections": len(server.connections), "subscribed": len(server.subscribed),
+                "connections": len(server.connections), "subscribed": len(server.subscribed) + len(server.sv2),
                 "writer_queue": writer.pending, "journal_bytes": self.journal.bytes_on_disk,
                 "journal_failures": self.journal.failures, "rows_dropped": writer.rows_lost,
                 "loop_restarts": self.loops.restarts(), "loops_down": len(self.loops.down()),

@@ -116,6 +116,20 @@ class Pool:
                                  str(seconds), "--src-ips", "8", "--json", str(out), "--protocol", protocol, *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def wait_subscribed(self, count: int, timeout: float) -> int:
+        """Wait until `count` miners are subscribed (V1) or have a channel open (V2), by the server's own gauge, so
+        no block is mined while the load tool is still ramping; returns how many were (the caller reports it)."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        subscribed = 0
+        while subscribed < count and time.monotonic() < deadline:
+            time.sleep(0.5)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10).read().decode()
+            found = re.search(r"^gstratum_miners_subscribed (\S+)$", text, re.M)
+            subscribed = int(float(found.group(1))) if found else 0
+        return subscribed
+
     def loop_lag(self) -> dict[float, int]:
         """The server's event-loop lag histogram (gstratum_event_loop_lag_seconds): bound -> cumulative count."""
         import urllib.request
@@ -209,12 +223,15 @@ def bench_newblock(args, work: Path) -> None:
     ramp_seconds = max(args.miners / ramps[p] for p in protocols)
     pool = Pool(work, server_args=server_args, zmq=not args.no_zmq, seed=seed, sv2="v2" in protocols)
     try:
-        seconds = ramp_seconds + 8 + args.blocks * 3
+        seconds = ramp_seconds * 1.5 + 10 + args.blocks * 3     # room for a ramp slower than asked
         loads = {p: pool.load(args.miners, seconds, work / f"load-{p}.json", "--share-rate", "0", *load_extra,
                               *(["--channel", args.channel] if p == "v2" else []), protocol=p, ramp=ramps[p])
                  for p in protocols}
         announced = listen_hashblock(pool.node.zmq_endpoint)
-        time.sleep(ramp_seconds + 5)       # the ramp, then quiet
+        subscribed = pool.wait_subscribed(args.miners * len(protocols), ramp_seconds + 60)   # the whole ramp
+        if subscribed < args.miners * len(protocols):
+            print(f"only {subscribed} of {args.miners * len(protocols)} miners subscribed; measuring those")
+        time.sleep(2)                      # then quiet: the last handshakes' rows written
         mined = []
         for _ in range(args.blocks):
             (block_hash,) = pool.node.mine(1)

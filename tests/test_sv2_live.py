@@ -3,10 +3,12 @@ with its job, and bad input — a client that is not Noise, a failed AEAD tag, a
 a message out of order — closing that one connection with a log line while a V1 and a V2 bystander are served."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -60,6 +62,15 @@ class RawV2:
         self.sock.close()
 
 
+def http_get(server, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}", timeout=10) as response:
+        return response.read().decode()
+
+
+def metrics(server) -> str:
+    return http_get(server, "/metrics")
+
+
 def v2_server(start_server, tmp_path):
     key = tmp_path / "authority.key"
     sv2_port = free_port()
@@ -79,6 +90,9 @@ def test_a_pinned_handshake_a_channel_and_its_job(start_server, tmp_path):
     success, job, prevhash = client.read(4)[1:]
     assert isinstance(success, codec.OpenStandardMiningChannelSuccess) and success.request_id == 7
     assert job.min_ntime is None and prevhash.job_id == job.job_id
+    with server.miner("alice.v1"):                     # a V2 channel counts as a miner online, as a V1 one does
+        assert wait_until(lambda: "gstratum_miners_subscribed 2.0" in metrics(server), timeout=10)
+        assert json.loads(http_get(server, "/api/pool"))["miners_online"] == 2
     client.close()
     with pytest.raises(Exception):
         RawV2(port, b"\x02" * 32)                                      # another authority: the certificate is refused

@@ -115,7 +115,7 @@ class PoolCollector:
         gauge = GaugeMetricFamily("gstratum_miners_connected", "Miner connections open now.")
         gauge.add_metric([], total("connections"))
         yield gauge
-        gauge = GaugeMetricFamily("gstratum_miners_subscribed", "Miner connections subscribed now.")
+        gauge = GaugeMetricFamily("gstratum_miners_subscribed", "Miners subscribed (V1) or with a channel open (V2) now.")
         gauge.add_metric([], total("subscribed"))
         yield gauge
         for key, name, doc in (("subscribes", "gstratum_subscribes_total", "mining.subscribe answered."),
