@@ -92,6 +92,27 @@ def child_main(args: argparse.Namespace) -> int:
     class Reconnect(Exception):
         """The server asked for client.reconnect: leave and come back, resuming the session."""
 
+    def left(miner) -> None:
+        """The miner leaves because the server asked it to (client.reconnect / Reconnect)."""
+        stats["reconnects_requested"] += 1
+        stats["connected"] -= 1
+        stats["subscribed"] -= 1
+        miner.alive = False
+
+    def lost(miner, exc: Exception, error: bool = False) -> None:
+        """The miner's connection failed: a drop if it was up, a connect failure if it never was."""
+        if error:
+            stats["errors"] += 1
+        if miner.alive:
+            stats["drops"] += 1
+            stats["connected"] -= 1
+            stats["subscribed"] -= 1
+        if len(error_samples) < 5:
+            error_samples.append(f"{type(exc).__name__}: {exc}")
+        if not miner.alive:
+            stats["connect_failures"] += 1
+        miner.alive = False
+
     class Miner:
         __slots__ = ("index", "sock", "buffer", "extranonce1", "difficulty", "job", "pending", "next_id", "en2",
                      "alive", "session_id")
@@ -164,22 +185,11 @@ def child_main(args: argparse.Namespace) -> int:
                 try:
                     self.session()
                 except Reconnect:
-                    stats["reconnects_requested"] += 1
-                    stats["connected"] -= 1
-                    stats["subscribed"] -= 1
-                    self.alive = False
+                    left(self)
                     self.pending.clear()
                     continue
                 except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
-                    if self.alive:
-                        stats["drops"] += 1
-                        stats["connected"] -= 1
-                        stats["subscribed"] -= 1
-                    elif len(error_samples) < 5:
-                        error_samples.append(f"{type(exc).__name__}: {exc}")
-                    if not self.alive:
-                        stats["connect_failures"] += 1
-                    self.alive = False
+                    lost(self, exc)
                     if not args.reconnect:
                         return
                     gevent.sleep(1.0)
@@ -268,24 +278,11 @@ def child_main(args: argparse.Namespace) -> int:
                 try:
                     self.session()
                 except Reconnect:
-                    stats["reconnects_requested"] += 1
-                    stats["connected"] -= 1
-                    stats["subscribed"] -= 1
-                    self.alive = False
+                    left(self)
                     continue
                 except (OSError, ConnectionError, RuntimeError, ValueError, Sv2Rejected,
                         Sv2ProtocolViolation) as exc:
-                    if isinstance(exc, Sv2ProtocolViolation):
-                        stats["errors"] += 1
-                    if self.alive:
-                        stats["drops"] += 1
-                        stats["connected"] -= 1
-                        stats["subscribed"] -= 1
-                    if len(error_samples) < 5:
-                        error_samples.append(f"{type(exc).__name__}: {exc}")
-                    if not self.alive:
-                        stats["connect_failures"] += 1
-                    self.alive = False
+                    lost(self, exc, error=isinstance(exc, Sv2ProtocolViolation))
                     if not args.reconnect or isinstance(exc, Sv2ProtocolViolation):
                         return
                     gevent.sleep(1.0)

@@ -5,6 +5,7 @@ import argparse
 import socket
 import sys
 import time
+from typing import Callable
 
 from gstratum.client import ProtocolViolation, StratumClient, StratumRejected, parse_url
 
@@ -43,6 +44,26 @@ def _print(message: dict) -> None:
     print(f"<- {message.get('method')} {message.get('params')}", flush=True)
 
 
+def outcome(session: Callable[[], int | None], violations: tuple, refusals: tuple) -> int:
+    """Run one client session for the command line: its failures become messages and exit codes (3 for a party
+    that broke or refused the protocol, 1 for the connection), a session that returns no code of its own ends 'ok'."""
+    try:
+        code = session()
+    except violations as exc:
+        print(f"client: protocol violation: {exc}", file=sys.stderr)
+        return 3
+    except refusals as exc:
+        print(f"client: pool refused: {getattr(exc, 'error', exc)}", file=sys.stderr)
+        return 3
+    except (OSError, ConnectionError) as exc:
+        print(f"client: connection failed: {exc}", file=sys.stderr)
+        return 1
+    if code is not None:
+        return code
+    print("ok", flush=True)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.protocol == "v2":
         from gstratum.client.sv2cli import run_v2
@@ -53,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"client: {exc}", file=sys.stderr)
         return 2
-    try:
+
+    def session() -> int | None:
         with StratumClient(host, port, timeout=args.timeout) as client:
             if args.version_rolling:
                 print(f"version rolling: mask {client.configure_version_rolling():08x}", flush=True)
@@ -87,17 +109,8 @@ def run(args: argparse.Namespace) -> int:
                 for message in client.state.notifications[shown:]:
                     _print(message)
                 shown = len(client.state.notifications)
-    except ProtocolViolation as exc:
-        print(f"client: protocol violation: {exc}", file=sys.stderr)
-        return 3
-    except StratumRejected as exc:
-        print(f"client: server refused: {exc.error}", file=sys.stderr)
-        return 3
-    except (OSError, ConnectionError) as exc:
-        print(f"client: connection failed: {exc}", file=sys.stderr)
-        return 1
-    print("ok", flush=True)
-    return 0
+
+    return outcome(session, violations=(ProtocolViolation,), refusals=(StratumRejected,))
 
 
 def _mine(client: StratumClient, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 
+from gstratum.client.cli import outcome
 from gstratum.client.sv2 import Channel, Sv2Client, Sv2ProtocolViolation, Sv2Rejected, parse_sv2_url
 from gstratum.protocol.sv2 import codec
 from gstratum.protocol.sv2.codec import SetupConnectionFlags
@@ -62,7 +63,8 @@ def run_v2(args: argparse.Namespace) -> int:
         print(f"client: {exc}", file=sys.stderr)
         return 2
     key = args.authority_pubkey or url_key
-    try:
+
+    def session() -> int | None:
         client, channel = _open(args, host, port, key)
         with client:
             if args.mine:
@@ -80,17 +82,8 @@ def run_v2(args: argparse.Namespace) -> int:
                     print(describe(client.read_message(left)), flush=True)
                 except socket.timeout:
                     continue
-    except (Sv2ProtocolViolation, KeyFormatError) as exc:
-        print(f"client: protocol violation: {exc}", file=sys.stderr)
-        return 3
-    except Sv2Rejected as exc:
-        print(f"client: pool refused: {exc}", file=sys.stderr)
-        return 3
-    except (OSError, ConnectionError) as exc:
-        print(f"client: connection failed: {exc}", file=sys.stderr)
-        return 1
-    print("ok", flush=True)
-    return 0
+
+    return outcome(session, violations=(Sv2ProtocolViolation, KeyFormatError), refusals=(Sv2Rejected,))
 
 
 def _mine(args: argparse.Namespace, client: Sv2Client, channel: Channel, key) -> int:

@@ -191,6 +191,16 @@ class MinerConnection:
         except OSError:
             pass
 
+    def _carry_out(self, output) -> list[bytes]:
+        """What a session's Output asks beside its messages: rows to the writer, found blocks to the submitter.
+        Returns the messages, for the caller to frame and send once per read."""
+        server = self.server
+        for table, row in output.rows:
+            server.record(table, row)
+        for block in output.blocks:
+            server.found_block(block)
+        return output.send
+
     def _finish(self) -> None:
         """Once, when the serve loop ends: the server forgets us, the socket closes."""
         self.server.forget(self)
@@ -242,12 +252,7 @@ class Connection(MinerConnection):
                 self.close_reason = "line too long"
                 self._drain()
                 return
-            output = handle_line(session, item, resolve)
-            out += output.send
-            for table, row in output.rows:
-                server.record(table, row)
-            for block in output.blocks:
-                server.found_block(block)
+            out += self._carry_out(handle_line(session, item, resolve))
         if not was_subscribed and session.subscribed:
             server.now_subscribed(self)
         if out:

@@ -109,11 +109,7 @@ class Sv2Connection(MinerConnection):
                 except StratumError as err:
                     extranonce1 = err
                 output = session.complete_open(request, extranonce1)
-            frames += output.send
-            for table, row in output.rows:
-                server.record(table, row)
-            for block in output.blocks:
-                server.found_block(block)
+            frames += self._carry_out(output)
         if not was_subscribed and session.subscribed:
             server.now_subscribed(self)
         if frames:
