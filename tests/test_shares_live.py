@@ -1,6 +1,8 @@
 """Real mining over real sockets: every honest share accepted, every bad one refused with its code, all recorded."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,7 +11,7 @@ from gstratum.mining import bitcoin
 from gstratum.client import StratumClient, StratumRejected
 from gstratum.client.work import bad_share_checks, mine
 
-from .conftest import query, wait_rows
+from .conftest import ROOT, query, wait_rows
 
 
 def test_client_mines_at_tiny_difficulty_and_every_share_is_accepted(start_server, db):
@@ -146,3 +148,13 @@ def test_block_candidate_is_logged_and_recorded(start_server, db):
     assert len(bytes.fromhex(header)) == 80
     assert bitcoin.sha256d(bytes.fromhex(header))[::-1].hex() == block_hash
     assert "BLOCK CANDIDATE" in server.log() and block_hash in server.log()
+
+
+def test_bad_shares_at_a_difficulty_too_high_for_the_cpu_miner_says_so_at_once(start_server):
+    """The checks need one valid share: at the default difficulty 1 the CPU miner would search for hours, silently."""
+    server = start_server("--difficulty", "1", "--notify-interval", "30")
+    result = subprocess.run([sys.executable, "-m", "gstratum", "client", "--url", f"127.0.0.1:{server.port}",
+                             "--user", "alice.rig1", "--bad-shares"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result
+    assert "too high for the CPU miner" in result.stderr and "--difficulty 0.0001" in result.stderr

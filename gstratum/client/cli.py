@@ -129,10 +129,15 @@ def _mine(client: StratumClient, args: argparse.Namespace) -> int:
 
 
 def _bad_shares(client: StratumClient, worker: str, host: str, port: int) -> int:
-    from gstratum.client.work import bad_share_checks
+    from gstratum.client.work import DifficultyTooHigh, bad_share_checks
 
+    try:
+        checks = bad_share_checks(client, worker, host, port)
+    except DifficultyTooHigh as exc:
+        print(f"client: {exc}", file=sys.stderr)
+        return 2
     failures = 0
-    for kind, (expected, got) in bad_share_checks(client, worker, host, port).items():
+    for kind, (expected, got) in checks.items():
         ok = expected == got
         failures += not ok
         want = "accepted" if expected is None else f"error {expected}"

@@ -120,12 +120,23 @@ def mine(client: StratumClient, worker: str, duration: float, max_shares: int | 
     return report
 
 
+BAD_SHARES_MAX_DIFFICULTY = 0.01     # ~43 million hashes: under a minute for the CPU miner; difficulty 1 takes hours
+
+
+class DifficultyTooHigh(Exception):
+    """The checks need one valid share, and the CPU miner cannot find one at this difficulty in reasonable time."""
+
+
 def bad_share_checks(client: StratumClient, worker: str, host: str, port: int) -> dict[str, tuple]:
     """Send each kind of invalid share (and one valid one); return {kind: (expected code, code received)},
     where None stands for "accepted"."""
     work = JobWork(client)
     while not work.refresh() or client.state.difficulty is None:
         client.read_message(5.0)
+    if client.state.difficulty > BAD_SHARES_MAX_DIFFICULTY:
+        raise DifficultyTooHigh(f"the server's difficulty {client.state.difficulty:g} is too high for the CPU miner to find "
+                         f"the valid share these checks need (~{client.state.difficulty * 2**32 / 1e6:,.0f} million "
+                         f"hashes); start the server with --difficulty 0.0001")
     target = bitcoin.target_from_difficulty(client.state.difficulty)
     job_id, _, _, _, _, version, _, ntime, _ = work.params
     results: dict[str, tuple] = {}
