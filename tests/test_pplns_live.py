@@ -114,8 +114,9 @@ def test_pplns_pays_the_window_from_every_coinbase_and_balances_carry(tmp_path, 
                 [(paid, SCRIPTS[a]) for a, paid in outputs]
             # ... and what the API shows for it: the outputs, and the window as ISO 8601
             assert [(o["address"], o["amount"]) for o in api[block_hash]["payouts"]] == outputs
-            assert api[block_hash]["window"]["start"] == start.isoformat() and \
-                api[block_hash]["window"]["end"] == end.isoformat()
+            # (always with microseconds: the epoch, a window's start while every share counts, included)
+            assert api[block_hash]["window"]["start"] == start.isoformat(timespec="microseconds") and \
+                api[block_hash]["window"]["end"] == end.isoformat(timespec="microseconds")
             # the window is the shares table's: accepted shares in (start, end]
             weights = window_weights(db, workers, start, end)
             assert {a: Decimal(w) for a, fee, w, *_ in rows if not fee and Decimal(w)} == weights
