@@ -433,16 +433,18 @@ class _JobFrames:
         return frames
 
     def extended_job(self, channel_id: bytes) -> bytes:
-        frame = self.extended
-        return frame[:_HEAD] + channel_id + frame[_HEAD + 4:]
+        return _for_channel(self.extended, channel_id)
 
     def standard_job(self, channel_id: bytes, merkle_root: bytes) -> bytes:
-        head = self.standard_head
-        return head[:_HEAD] + channel_id + head[_HEAD + 4:] + merkle_root
+        return _for_channel(self.standard_head, channel_id) + merkle_root
 
     def prevhash(self, channel_id: bytes) -> bytes:
-        frame = self.prevhash_frame
-        return frame[:_HEAD] + channel_id + frame[_HEAD + 4:]
+        return _for_channel(self.prevhash_frame, channel_id)
+
+
+def _for_channel(frame: bytes, channel_id: bytes) -> bytes:
+    """A frame encoded with channel id 0, its payload's first four bytes replaced by `channel_id`."""
+    return frame[:_HEAD] + channel_id + frame[_HEAD + 4:]
 
 
 _HANDLERS: dict[type, Callable] = {
